@@ -102,8 +102,203 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="use only the first N instances")
 
 
+def _config(args: argparse.Namespace) -> Any:
+    from saas.pipeline import RunConfig
+
+    return RunConfig(
+        model=args.model, dataset=args.dataset, format=args.format, limit=args.limit, layer=args.layer,
+        kappa=args.kappa, axis=args.axis, temperature=args.temperature, agents=args.agents,
+        agent_model=args.agent_model, scores=args.scores, threshold=args.threshold, seed=args.seed,
+        batch_size=args.batch_size, model_scores=not args.no_model_scores, device=args.device, dtype=args.dtype,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``saas run``: eligibility, agents, weights and every method's vector, written to --out."""
+    from saas.pipeline import METHOD_LABELS, compute, prepare, write_run
+
+    config = _config(args)
+    t0 = time.perf_counter()
+    with tqdm_progress("run") as progress:
+        prepared = prepare(config, progress=progress, refresh_agents=args.refresh)
+    result = compute(prepared)
+    out = write_run(prepared, result, args.out)
+    elig = result.eligibility
+    print(f"{prepared.dataset.name}: {len(prepared.dataset)} instances, train {len(prepared.train)}; layer {result.layer}")
+    print(f"eligible {int(elig.eligible.sum())}/{len(elig.ids)} (kappa={elig.kappa}, axis={elig.axis}, D={elig.D:.3f}); "
+          f"dropped: {elig.counts}")
+    if elig.empty:
+        print(f"warning: {elig.message}", file=sys.stderr)
+    if prepared.agent_run is not None:
+        print(prepared.agent_run.summary())
+    s = result.summary
+    print(f"temperature {result.temperature:.4g}: weight entropy {s.entropy:.3f} nats, effective N {s.ess:.1f}")
+    for m, v in result.vectors.items():
+        print(f"  {METHOD_LABELS.get(m, m):18s} norm {v.norm():8.3f}")
+    print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``saas eval``: alignment probability per method and alpha on the held-out split(s)."""
+    import pandas as pd
+
+    from saas.data import load_dataset
+    from saas.models import load_model
+    from saas.pipeline import evaluate_run, load_run
+
+    bundle = load_run(args.run)
+    cfg = bundle.config
+    dataset = load_dataset(cfg.dataset, format=cfg.format, limit=cfg.limit)
+    with tqdm_progress("model") as progress:
+        lm = load_model(args.model or cfg.model, device=cfg.device, dtype=cfg.dtype, progress=progress)
+    alphas = [float(a) for a in args.alphas.split(",")]
+    methods = args.methods.split(",") if args.methods else None
+    frames = [evaluate_run(bundle, lm, dataset, alphas, split=s, methods=methods) for s in args.splits.split(",")]
+    df = pd.concat(frames, ignore_index=True)
+    df.to_csv(Path(args.run) / "eval.csv", index=False)
+    table = df.pivot_table(index=["split", "method"], columns="alpha", values="alignment")
+    print(table.round(3).to_string())
+    print(f"wrote {Path(args.run) / 'eval.csv'}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """``saas generate``: base and steered text for a prompt, same seed."""
+    from saas.generation import generate_side_by_side
+    from saas.models import load_model
+    from saas.pipeline import load_run
+
+    bundle = load_run(args.run)
+    methods = args.method.split(",")
+    missing = [m for m in methods if m not in bundle.vectors]
+    if missing:
+        raise FileNotFoundError(f"run {args.run} has no vector for {missing}; it has {sorted(bundle.vectors)}")
+    lm = load_model(args.model or bundle.config.model)
+    vectors = {"base": None} | {m: bundle.vectors[m] for m in methods}
+    texts = generate_side_by_side(lm, args.prompt, vectors, args.alpha, max_new_tokens=args.max_new_tokens,
+                                  do_sample=args.sample, seed=args.seed)
+    for name, text in texts.items():
+        label = name if name == "base" else f"{name} (alpha={args.alpha:g})"
+        print(f"=== {label}\n{text.strip()}\n")
+    return 0
+
+
+def cmd_agents(args: argparse.Namespace) -> int:
+    """``saas agents``: sub-behaviours, contributions and relevance, written to --out."""
+    from saas.agents import make_backend, run_agents
+    from saas.data import load_dataset
+
+    dataset = load_dataset(args.dataset, format=args.format, limit=args.limit)
+    kw: dict[str, Any] = {}
+    if args.agent_model:
+        kw["model_path" if args.agents == "local" else "model"] = args.agent_model
+    backend = make_backend(args.agents, **kw)
+    with tqdm_progress("agents") as progress:
+        run = run_agents(dataset, backend, seed=args.seed, threshold=args.threshold, refresh=args.refresh, progress=progress)
+    run.save(args.out)
+    print(run.summary())
+    for s in run.subs:
+        flag = "kept" if s.kept else "dropped"
+        print(f"  [{flag:7s}] c={s.contribution if s.contribution is not None else float('nan'):4.1f}  {s.name}: {s.description}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """``saas reproduce``: the method's Tables 1-3 (methods, ablations, side effects) over seeds."""
+    from saas.reproduce import ReproduceConfig, parse_layers, render_outputs, run_reproduction
+
+    if args.render_only:
+        if not args.out:
+            raise FileNotFoundError("--render-only needs --out <a finished run folder>")
+        files = render_outputs(args.out)
+        print(f"rebuilt {len(files)} files in {args.out}")
+        return 0
+    kw = dict(
+        behaviours=args.behaviours or [], seeds=args.seeds, model=args.model, agents=args.agents, limit=args.limit,
+        layers=parse_layers(args.layers), alphas=[float(a) for a in args.alphas.split(",")] if args.alphas else None,
+        bipo=not args.no_bipo, bipo_epochs=args.bipo_epochs, bipo_lr=args.bipo_lr, mmlu=args.mmlu,
+        batch_size=args.batch_size, device=args.device, dtype=args.dtype, threads=args.threads,
+        out=args.out or ("results/quick" if args.quick else f"results/reproduce-{time.strftime('%Y%m%d-%H%M%S')}"),
+    )
+    if args.quick:
+        config = ReproduceConfig.quick_defaults(**kw)
+    else:
+        config = ReproduceConfig(**{k: v for k, v in kw.items() if v is not None})
+    result = run_reproduction(config, command="saas " + " ".join(sys.argv[1:]))
+    print((result.out / "table1.md").read_text())
+    print(f"wrote {result.out} in {result.wall_seconds / 60:.1f} min")
+    return 0
+
+
 def _add_method_commands(sub: Any) -> None:
-    """``run``, ``eval``, ``generate``, ``agents`` and ``reproduce`` (defined below)."""
+    """``run``, ``eval``, ``generate`` and ``agents``."""
+    p = sub.add_parser("run", help="the SAAS method and every baseline on one layer; writes vectors and tables")
+    _add_model_args(p)
+    _add_data_args(p)
+    p.add_argument("--layer", type=int, default=None, help="decoder layer (default: the middle one)")
+    p.add_argument("--kappa", type=float, default=0.5, help="separability cutoff: gap >= kappa * D")
+    p.add_argument("--axis", default="fisher", choices=["fisher", "mean_diff"])
+    p.add_argument("--temperature", type=float, default=None, help="softmax temperature t (default: spread of the scores)")
+    p.add_argument("--scores", default=None, help="a scores CSV (id,score or id + one column per sub-behaviour) instead of agents")
+    p.add_argument("--agents", default="offline", choices=["auto", "offline", "anthropic", "local", "none"])
+    p.add_argument("--agent-model", default=None, help="Anthropic model id, or a local chat model folder for --agents local")
+    p.add_argument("--threshold", type=float, default=2.0, help="Agent-2 keeps sub-behaviours with c_k >= threshold")
+    p.add_argument("--seed", type=int, default=0, help="seed of the 7:2:1 split and of Agent-1's examples")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--no-model-scores", action="store_true", help="skip the logit-diff / conf baselines")
+    p.add_argument("--refresh", action="store_true", help="make new agent calls even when cached")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("eval", help="alignment probability per method and alpha on held-out instances")
+    p.add_argument("--run", required=True, help="a folder written by `saas run`")
+    p.add_argument("--alphas", default="-1,0,1")
+    p.add_argument("--splits", default="test", help="comma-separated: test, val, train")
+    p.add_argument("--methods", default=None, help="comma-separated subset (default: all in the run)")
+    p.add_argument("--model", default=None, help="override the run's model")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("generate", help="base and steered generations for a prompt")
+    p.add_argument("--run", required=True)
+    p.add_argument("--method", default="saas", help="one or more methods, comma-separated")
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=60)
+    p.add_argument("--sample", action="store_true", help="seeded sampling instead of greedy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default=None)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("agents", help="run the three agents on a dataset; writes subbehaviours.json + relevance.csv")
+    _add_data_args(p)
+    p.add_argument("--agents", default="offline", choices=["auto", "offline", "anthropic", "local"])
+    p.add_argument("--agent-model", default=None)
+    p.add_argument("--threshold", type=float, default=2.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--refresh", action="store_true")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_agents)
+
+    p = sub.add_parser("reproduce", help="the method's Tables 1-3 over seeds: methods, ablations, side effects")
+    _add_model_args(p)
+    p.add_argument("--behaviours", nargs="*", default=None, help='dataset paths or "demo" (default: the five OCEAN persona files)')
+    p.add_argument("--seeds", type=int, default=None, help="number of 7:2:1 splits (default 5; 1 with --quick)")
+    p.add_argument("--quick", action="store_true", help="one trait, one seed, 200 instances, 3 layers, 1 BiPO epoch, 40 MMLU items")
+    p.add_argument("--agents", default="offline", choices=["auto", "offline", "anthropic", "local", "none"])
+    p.add_argument("--limit", type=int, default=None, help="first N instances of each behaviour")
+    p.add_argument("--layers", default=None, help='layers to sweep on validation: "10,15,20" or "all" (default: 7 from 20%% to 80%% depth)')
+    p.add_argument("--alphas", default=None, help="test alphas (default -1,0,1; -1 and +1 are always included)")
+    p.add_argument("--bipo-epochs", type=int, default=None)
+    p.add_argument("--bipo-lr", type=float, default=None)
+    p.add_argument("--no-bipo", action="store_true")
+    p.add_argument("--mmlu", type=int, default=None, help="MMLU items for the side-effect table (default 100; 0 skips)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", default=None, help="output folder (default results/reproduce-<time>, results/quick with --quick)")
+    p.add_argument("--render-only", action="store_true", help="rebuild the tables and plots of a finished --out run (no model)")
+    p.set_defaults(func=cmd_reproduce)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,9 +320,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _glue_negative_lists(argv: list[str]) -> list[str]:
+    """Let ``--alphas -1,0,1`` through: argparse would read "-1,0,1" as an option."""
+    out: list[str] = []
+    it = iter(argv)
+    for a in it:
+        if a in ("--alphas", "--alpha", "--layers"):
+            nxt = next(it, None)
+            out.append(a if nxt is None else f"{a}={nxt}")
+        else:
+            out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     set_offline_defaults()
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_glue_negative_lists(list(sys.argv[1:] if argv is None else argv)))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from saas.errors import user_facing_errors
 
