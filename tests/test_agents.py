@@ -426,16 +426,3 @@ def test_decompose_rejects_too_few_distinct(dataset, cache) -> None:
     with pytest.raises(AgentError, match="1 distinct sub-behaviours"):
         decompose(dataset, dataset.instances[:5], Dup())
 
-
-
-def test_run_agents_to_dir_for_the_cli(dataset, cache, tmp_path, capsys) -> None:
-    from saas.agents import run_agents_to_dir
-
-    ov = Overlay()
-    ov.rename("S1", "first")
-    ov.save(tmp_path / "overlay.json")
-    run = run_agents_to_dir(dataset, FakeBackend(), tmp_path / "out", overlay=tmp_path / "overlay.json",
-                            eligible_ids=["d:1", "d:2"])
-    assert (tmp_path / "out" / "subbehaviours.json").exists() and (tmp_path / "out" / "relevance.csv").exists()
-    assert run.table.ids == ["d:1", "d:2"] and run.subs[0].name == "first"
-    assert "agent3:" in run.summary()

@@ -20,7 +20,6 @@ from __future__ import annotations
 from saas.agents.anthropic_backend import DEFAULT_MODEL, AnthropicBackend
 from saas.agents.backend import AgentBackend, BatchScores, DraftSubBehaviour, instance_text, make_backend
 from saas.agents.cache import CallCache, CallSession, ReplyError, StageStats
-from saas.agents.command import run_agents_to_dir, tqdm_progress
 from saas.agents.local_llm import LocalLLMBackend
 from saas.agents.offline import OfflineBackend, calibrate, default_encoder_path
 from saas.agents.overlay import Overlay, SubEdit, dropped, invalidated
@@ -69,8 +68,6 @@ __all__ = [
     "rate_contributions",
     "rate_subbehaviours",
     "run_agents",
-    "run_agents_to_dir",
     "sample_examples",
     "score_instances",
-    "tqdm_progress",
 ]
