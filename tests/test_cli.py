@@ -69,9 +69,9 @@ def test_persona_file_through_run_and_eval(shared_data, tmp_path, capsys) -> Non
     check the plumbing and the reported Yes/No mass, not a direction."""
     path = shared_data / "persona" / "openness.jsonl"
     out = tmp_path / "persona"
-    assert main(["run", "--dataset", str(path), "--limit", "40", "--layer", "15", "--out", str(out)]) == 0
+    assert main(["run", "--dataset", str(path), "--limit", "30", "--layer", "15", "--agents", "none", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["answer_kind"] == "yesno" and summary["n_instances"] == 40
+    assert summary["answer_kind"] == "yesno" and summary["n_instances"] == 30
     assert main(["eval", "--run", str(out), "--alphas", "-1,1", "--methods", "caa"]) == 0
     df = pd.read_csv(out / "eval.csv")
     assert len(df) == 2 and df["alignment"].between(0, 1).all() and df["mass"].between(0, 1).all()
