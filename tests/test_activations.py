@@ -4,9 +4,15 @@ import numpy as np
 import pytest
 
 import saas.activations as activations
-from saas.activations import extract_activations, forward_read
+from saas.activations import (
+    STRATEGIES,
+    extract_activations,
+    forward_read,
+    forward_read_shared,
+    shared_split,
+)
 from saas.data import Instance
-from saas.prompts import encode
+from saas.prompts import Encoded, encode
 
 # Batched and one-at-a-time forwards differ only by float32 round-off in attention/matmul order.
 # Residual activations here reach ~600 in magnitude (a few huge constant dimensions), so we use a
@@ -24,6 +30,20 @@ def _instances() -> list[Instance]:
     ]
 
 
+def _edge_instances() -> list[Instance]:
+    """One answer is a prefix of the other: the read tokens must still fall after the shared part."""
+    return [
+        Instance("p1", "Will it rain?", "It will", "It will not."),
+        Instance("p2", "Is it sunny?", "Yes it is", "Yes"),
+        Instance("ab3", "Pick one.\n\nChoices:\n (A) x\n (B) y\n (C) z", "(C)", "(A)", ("(A)", "(B)", "(C)")),
+    ]
+
+
+def _assert_close(actual: np.ndarray, expected: np.ndarray) -> None:
+    tol = 1e-4 + RTOL_OF_MAX * np.abs(expected).max()
+    np.testing.assert_allclose(actual, expected, atol=tol, rtol=0)
+
+
 @pytest.fixture
 def tmp_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SAAS_CACHE_DIR", str(tmp_path))
@@ -31,16 +51,17 @@ def tmp_cache(tmp_path, monkeypatch):
 
 
 @pytest.mark.model
-def test_batched_equals_single(embedded, tmp_cache) -> None:
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_batched_equals_single(embedded, tmp_cache, strategy) -> None:
     insts = _instances()
-    acts = extract_activations(embedded, insts, batch_size=4, use_cache=False)
+    acts = extract_activations(embedded, insts, batch_size=4, use_cache=False, strategy=strategy)
+    assert acts.meta["strategy"] == strategy
     assert acts.positive.shape == (5, embedded.n_layers, embedded.hidden_size)
     for k, inst in enumerate(insts):
         for answer, arr in ((inst.positive, acts.positive), (inst.negative, acts.negative)):
             enc = encode(embedded.tokenizer, inst.prompt, answer)
             single = forward_read(embedded, [enc.ids], [enc.read_index])[0]
-            tol = 1e-4 + RTOL_OF_MAX * np.abs(single).max()
-            np.testing.assert_allclose(arr[k], single, atol=tol, rtol=0)
+            _assert_close(arr[k], single)
     # positive and negative really differ at the read token (not a shared-prefix position)
     assert np.abs(acts.positive - acts.negative).max() > 1.0
 
@@ -61,11 +82,12 @@ def test_layer_l_is_hidden_states_l_plus_1(embedded, tmp_cache) -> None:
 @pytest.mark.model
 def test_cache_hit_does_no_forward(embedded, tmp_cache, monkeypatch) -> None:
     calls = []
-    real = activations.forward_read
-    monkeypatch.setattr(activations, "forward_read", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = activations._base_forward
+    monkeypatch.setattr(activations, "_base_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
     first = extract_activations(embedded, _instances(), batch_size=4)
     n_first = len(calls)
-    assert n_first == 3 and not first.from_cache
+    # shared prefix (default): 5 instances, 2 per batch of 4 texts -> 3 batches x (prefix + answers)
+    assert n_first == 6 and not first.from_cache
     second = extract_activations(embedded, _instances(), batch_size=4)
     assert len(calls) == n_first, "a cache hit must not run the model"
     assert second.from_cache
@@ -98,3 +120,79 @@ def test_activation_set_views() -> None:
     assert acts.index_of(["b", "a"]) == [1, 0]
     with pytest.raises(IndexError, match="layers 0..2"):
         acts.layer(3)
+
+
+@pytest.mark.model
+def test_shared_prefix_equals_naive(embedded, tmp_cache) -> None:
+    """Sentence, Yes/No and (A)/(B) answers, plus answers that are prefixes of each other."""
+    insts = _instances() + _edge_instances()
+    naive = extract_activations(embedded, insts, batch_size=16, use_cache=False, strategy="naive")
+    # 4 texts = 2 instances per prefix pass: rows with different prefix and answer lengths get padded
+    shared = extract_activations(embedded, insts, batch_size=4, use_cache=False, strategy="shared_prefix")
+    _assert_close(shared.positive, naive.positive)
+    _assert_close(shared.negative, naive.negative)
+    # the edge cases read different tokens for the two answers
+    assert np.abs(shared.positive - shared.negative).max(axis=(1, 2)).min() > 1.0
+
+
+@pytest.mark.model
+def test_cache_key_ignores_strategy(embedded, tmp_cache) -> None:
+    first = extract_activations(embedded, _instances()[:2], batch_size=4, strategy="naive")
+    again = extract_activations(embedded, _instances()[:2], batch_size=4, strategy="shared_prefix")
+    assert again.from_cache and again.key == first.key
+    with pytest.raises(ValueError, match="unknown extraction strategy"):
+        extract_activations(embedded, _instances()[:2], strategy="fast")
+
+
+@pytest.mark.model
+def test_shared_split_on_real_tokenizer(embedded) -> None:
+    tok = embedded.tokenizer
+    for inst in _instances() + _edge_instances():
+        pos, neg = encode(tok, inst.prompt, inst.positive), encode(tok, inst.prompt, inst.negative)
+        p = shared_split(pos, neg)
+        assert pos.ids[:p] == neg.ids[:p]
+        assert p <= min(pos.read_index, neg.read_index)
+        assert p >= min(pos.answer_start, neg.answer_start)  # the whole prompt is shared
+
+
+def test_shared_split_rules() -> None:
+    a = Encoded([1, 2, 3, 4], 2, 3)
+    assert shared_split(a, Encoded([1, 2, 3, 5], 2, 3)) == 3
+    assert shared_split(Encoded([1, 2, 3], 2, 2), Encoded([1, 2, 3, 9], 2, 3)) == 2  # read of the shorter
+    assert shared_split(a, Encoded([7, 2, 3, 4], 0, 3)) == 0
+
+
+def _tiny_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.WordLevel({f"w{i}": i for i in range(128)} | {"[UNK]": 0}, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="w1")
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "gemma", "gpt2", "gpt_neox", "mistral-sliding"])
+def test_shared_prefix_on_tiny_families(family) -> None:
+    """The KV-cache continuation equals full forwards on every supported family (and a sliding window
+    shorter than the prompts)."""
+    import torch
+    from tiny_models import COMMON, tiny_model
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    from saas.models import wrap_model
+
+    if family == "mistral-sliding":
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(MistralConfig(**COMMON, sliding_window=4)).eval()
+    else:
+        model = tiny_model(family)
+    lm = wrap_model(model, _tiny_tokenizer(), family)
+    rng = np.random.default_rng(0)
+    prefixes = [[int(t) for t in rng.integers(2, 128, n)] for n in (5, 9, 3)]
+    conts = [[int(t) for t in rng.integers(2, 128, n)] for n in (1, 2, 3, 1, 4, 2)]
+    read = [0, 1, 2, 0, 3, 1]
+    shared = forward_read_shared(lm, prefixes, conts, read)
+    full = [prefixes[i // 2] + conts[i] for i in range(6)]
+    naive = forward_read(lm, full, [len(prefixes[i // 2]) + read[i] for i in range(6)])
+    assert shared.shape == (6, 3, 32)
+    np.testing.assert_allclose(shared, naive, atol=1e-5, rtol=0)
