@@ -24,7 +24,7 @@ from saas.agents import DEFAULT_MODEL, AgentError, AnthropicBackend, CallCache, 
 from saas.agents.types import SubBehaviour
 from saas.data import BehaviourDataset, Instance
 
-SECRET = "sk-ant-api03-THIS-IS-THE-SECRET-KEY"
+SECRET = "sk-" + "ant-api03-THIS-IS-A-FAKE-TEST-KEY"  # split so no real-looking key sits in the source
 SUB_NAMES = ["Expects success", "Credits preparation", "Mentions weather", "Downplays setbacks",
              "Gives concrete hope", "Long-term confidence"]
 CONTRIB = [8, 7, 1, 6, 9, 5]
