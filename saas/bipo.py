@@ -17,9 +17,8 @@ before it (the *prefix*) is identical under every steering vector, every alpha a
 KV cache is computed once per instance and reused. Only the *suffix* -- the last prompt token plus
 the answer tokens that predict the scored tokens -- runs per steering condition. For a Yes/No or an
 A/B item both answers share that suffix (``[last prompt token]`` resp. ``[last prompt token, "("]``),
-so one row of one or two tokens scores both answers. On the embedded model this makes an alignment
-measurement on 100 persona items ~60x cheaper than two full forwards per item, and a BiPO step a
-one-token forward/backward. The numbers equal :func:`saas.evaluation.answer_logprobs` to float32
+so one row of one or two tokens scores both answers, instead of two full forwards of the whole
+prompt per item and condition. The numbers equal :func:`saas.evaluation.answer_logprobs` to float32
 round-off (tested). The token prefix that ALL instances share (chat template, system prompt, a
 common question stem) is run once and broadcast; each instance's own remainder is right-padded,
 so the padding sits between the prefix and the suffix and is masked out.
