@@ -17,6 +17,7 @@ import importlib.resources
 import io
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -50,6 +51,20 @@ class Instance:
         d["options"] = list(self.options)
         return d
 
+    @property
+    def quality(self) -> str | None:
+        """The ``quality`` annotation (``"clean"`` or a flaw kind), None when not annotated.
+
+        Annotations are for the reader: the method never reads them."""
+        q = self.meta.get("quality")
+        return str(q) if q else None
+
+    @property
+    def facet(self) -> str | None:
+        """The ``facet`` annotation (a facet id of the behaviour card), None when not annotated."""
+        f = self.meta.get("facet")
+        return str(f) if f else None
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Instance:
         return cls(
@@ -62,6 +77,29 @@ class Instance:
         )
 
 
+QUALITIES: tuple[str, ...] = ("clean", "swapped", "neutral", "confounded", "weak")
+"""Values of the optional ``quality`` annotation: ``clean``, or the kind of flaw of a pair."""
+FLAWS: tuple[str, ...] = QUALITIES[1:]
+
+
+@dataclass(frozen=True)
+class Facet:
+    """One facet of a behaviour as its card lists it (an annotation vocabulary, never read by the method).
+
+    Attributes:
+        id: Short id used in the instances' ``facet`` field (e.g. ``"credits-preparation"``).
+        name: A short verb phrase ("credits the person's preparation").
+        description: One sentence.
+    """
+
+    id: str
+    name: str
+    description: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
 @dataclass
 class BehaviourDataset:
     """A named behaviour with its instances.
@@ -71,7 +109,10 @@ class BehaviourDataset:
         description: One paragraph describing the target behaviour (input of Agent-1 and Agent-2).
         instances: The contrastive pairs.
         answer_kind: ``"ab"``, ``"yesno"`` or ``"sentence"``.
-        source: Where it came from (a path, or ``"bundled:demo"``).
+        source: Where it came from (a path, or ``"bundled:demo:optimism"``).
+        title: A human title from the behaviour card ("" when there is none).
+        negative_description: What the negative answers do instead (from the card; "" when unknown).
+        facets: The facets the card lists (the vocabulary of the ``facet`` annotation); may be empty.
     """
 
     name: str
@@ -79,9 +120,17 @@ class BehaviourDataset:
     instances: list[Instance]
     answer_kind: AnswerKind
     source: str = ""
+    title: str = ""
+    negative_description: str = ""
+    facets: list[Facet] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.instances)
+
+    @property
+    def annotated(self) -> bool:
+        """True when at least one instance carries a ``quality`` annotation."""
+        return any(i.quality is not None for i in self.instances)
 
     def content_hash(self) -> str:
         """Hash of everything that changes activations or agent inputs (not metadata)."""
@@ -98,7 +147,7 @@ class BehaviourDataset:
             insts = [i for i in self.instances if i.id in wanted]
         else:
             insts = [self.instances[k] for k in indices]
-        return BehaviourDataset(self.name, self.description, insts, self.answer_kind, self.source)
+        return replace(self, instances=insts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -705,7 +754,32 @@ def _build_caa(src: _Source, split: str | None) -> list[Instance]:
     return out
 
 
-def _build_generic(src: _Source) -> tuple[list[Instance], AnswerKind]:
+def _annotation(src: _Source, rec: _Record, facet_ids: Sequence[str] | None) -> dict[str, str]:
+    """The optional ``quality`` and ``facet`` annotations of a generic record, validated.
+
+    Empty values (``""``, null, an empty CSV cell) mean "not annotated". ``quality`` must be one of
+    :data:`QUALITIES`; ``facet`` must be one of the card's facet ids when the card lists facets.
+    """
+    out: dict[str, str] = {}
+    for name in ("quality", "facet"):
+        value = rec.data.get(name)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        if not isinstance(value, str):
+            src.add_at(rec, name, f"expected a string, got {type(value).__name__} {_show(value)}")
+            continue
+        v = value.strip()
+        if name == "quality" and v not in QUALITIES:
+            src.add_at(rec, name, f"unknown quality {_show(value)}: use one of {', '.join(QUALITIES)} (or leave it empty)")
+            continue
+        if name == "facet" and facet_ids and v not in facet_ids:
+            src.add_at(rec, name, f"unknown facet {_show(value)}: the behaviour card lists {', '.join(facet_ids)}")
+            continue
+        out[name] = v
+    return out
+
+
+def _build_generic(src: _Source, facet_ids: Sequence[str] | None = None) -> tuple[list[Instance], AnswerKind]:
     for rec in src.records:  # column names are case-insensitive
         if any(k != k.lower() for k in rec.data):
             rec.data = {k.lower(): v for k, v in rec.data.items()}
@@ -725,8 +799,10 @@ def _build_generic(src: _Source) -> tuple[list[Instance], AnswerKind]:
         if pos is not None and neg is not None and pos.strip() == neg.strip():
             src.add_at(rec, "negative", f"identical to positive ({_show(pos.strip())})")
             continue
+        notes = _annotation(src, rec, facet_ids)
         if prompt is None or pos is None or neg is None:
             continue
+        rec.data.update(notes)
         rows.append((rec, prompt.strip(), pos.strip(), neg.strip(), ident_str))
     src.raise_problems()
 
@@ -752,6 +828,8 @@ def _build_generic(src: _Source) -> tuple[list[Instance], AnswerKind]:
                     src.add_at(rec, fld, f"{label} is not among the prompt's options {', '.join(options)}")
         meta: dict[str, Any] = {"source": src.path, "line": rec.line}
         for k, v in rec.data.items():
+            if k in ("quality", "facet") and (v is None or (isinstance(v, str) and not v.strip())):
+                continue  # an empty annotation is no annotation
             if k not in ("id", "prompt", "positive", "negative", "options", "meta"):
                 meta[k] = v
         out.append(Instance(id=ident_str or "", prompt=prompt, positive=pos, negative=neg, options=options, meta=meta))
@@ -764,7 +842,6 @@ def _build_generic(src: _Source) -> tuple[list[Instance], AnswerKind]:
 
 DatasetFormat = Literal["auto", "persona", "caa", "generic"]
 _FORMATS = ("auto", "persona", "caa", "generic")
-DEMO_NAME = "optimism"
 
 
 def _default_name(filename: str, fmt: str) -> str:
@@ -772,6 +849,38 @@ def _default_name(filename: str, fmt: str) -> str:
     if fmt == "caa" and p.stem in _CAA_STANDARD_STEMS and p.parent.name:
         return p.parent.name
     return p.stem or "dataset"
+
+
+def parse_card(card: dict[str, Any] | None, path: str = "") -> tuple[str, str, list[Facet]]:
+    """``(title, negative_description, facets)`` of a behaviour card (a sidecar JSON object).
+
+    The card may hold ``name``, ``title``, ``description``, ``negative`` (what the negative answers
+    do instead) and ``facets``: a list of ``{"id", "name", "description"}`` objects (or of plain
+    strings, each then both id and name). Raises :class:`DatasetError` naming the card and the
+    field when ``facets`` is malformed.
+    """
+    card = card or {}
+    facets: list[Facet] = []
+    raw = card.get("facets") or []
+    if not isinstance(raw, list):
+        raise DatasetError(f"expected a list of facets, got {type(raw).__name__}", path=path, field="facets")
+    seen: set[str] = set()
+    for k, item in enumerate(raw):
+        where = f"facets[{k}]"
+        if isinstance(item, str) and item.strip():
+            fid, fname, fdesc = item.strip(), item.strip(), ""
+        elif isinstance(item, dict) and isinstance(item.get("id"), str) and item["id"].strip():
+            fid = item["id"].strip()
+            fname = str(item.get("name") or fid).strip()
+            fdesc = str(item.get("description") or "").strip()
+        else:
+            raise DatasetError(f"a facet needs a non-empty 'id' (or is a plain string), got {_show(item)}",
+                               path=path, field=where)
+        if fid in seen:
+            raise DatasetError(f"facet id {_show(fid)} appears twice", path=path, field=where)
+        seen.add(fid)
+        facets.append(Facet(fid, fname, fdesc))
+    return str(card.get("title") or ""), str(card.get("negative") or ""), facets
 
 
 def _load_from_bytes(
@@ -786,6 +895,7 @@ def _load_from_bytes(
     persona_suffix: str | None,
     sidecar: dict[str, Any] | None,
     source: str,
+    sidecar_path: str = "",
 ) -> BehaviourDataset:
     if format not in _FORMATS:
         raise ValueError(f"format must be one of {', '.join(_FORMATS)}, got {format!r}")
@@ -795,6 +905,7 @@ def _load_from_bytes(
         raise DatasetError(
             f"the file is {len(data):,} bytes, over the limit of {max_bytes:,} bytes (max_bytes)", path=filename
         )
+    title, negative, facets = parse_card(sidecar, sidecar_path or filename)
     src, container = _read_source(data, Path(filename).name, filename)
     fmt = _detect_format(src, container) if format == "auto" else format
     kind: AnswerKind
@@ -805,7 +916,7 @@ def _load_from_bytes(
         instances = _build_caa(src, _CAA_SPLITS.get(Path(filename).stem))
         kind = "ab"
     else:
-        instances, kind = _build_generic(src)
+        instances, kind = _build_generic(src, [f.id for f in facets])
     src.raise_problems()
 
     sidecar = sidecar or {}
@@ -818,11 +929,13 @@ def _load_from_bytes(
         final.append(replace(inst, id=ident))
     if limit is not None:
         final = final[:limit]
-    return BehaviourDataset(ds_name, ds_description.strip(), final, kind, source)
+    return BehaviourDataset(ds_name, ds_description.strip(), final, kind, source, title=title,
+                            negative_description=negative.strip(), facets=facets)
 
 
-def _read_sidecar(path: Path) -> dict[str, Any] | None:
-    """``<stem>.meta.json`` or ``<stem>.json`` next to a JSONL/CSV file: a JSON object with name/description."""
+def _read_sidecar(path: Path) -> tuple[dict[str, Any], Path] | None:
+    """``<stem>.meta.json`` or ``<stem>.json`` next to a JSONL/CSV file: a JSON object (the behaviour
+    card: name, description, negative, facets, ...) and its path."""
     if path.suffix.lower() not in (".jsonl", ".ndjson", ".csv", ".tsv"):
         return None
     for candidate, strict in ((path.with_name(path.stem + ".meta.json"), True), (path.with_suffix(".json"), False)):
@@ -835,18 +948,65 @@ def _read_sidecar(path: Path) -> dict[str, Any] | None:
                 raise DatasetError(f"invalid sidecar: {e}", path=str(candidate)) from None
             continue
         if isinstance(obj, dict):
-            return obj
+            return obj, candidate
     return None
 
 
-def load_demo(name: str | None = None, description: str | None = None, limit: int | None = None) -> BehaviourDataset:
-    """The bundled demo behaviour ("optimism": 90 optimistic vs pessimistic reply pairs, sentence answers)."""
+#: The bundled demo behaviours, in the order the CLI and the app list them; ``"demo"`` is the first.
+DEMO_BEHAVIOURS: tuple[str, ...] = ("optimism", "politeness", "caution")
+
+
+@dataclass(frozen=True)
+class DemoInfo:
+    """A bundled demo behaviour: its dataset spec (``"demo:politeness"``), name, title and size."""
+
+    spec: str
+    name: str
+    title: str
+    n: int
+    description: str
+
+
+def demo_spec(name: str) -> str:
+    """The dataset spec of a bundled behaviour (``"demo"`` for the first, else ``"demo:<name>"``)."""
+    return "demo" if name == DEMO_BEHAVIOURS[0] else f"demo:{name}"
+
+
+def is_demo_spec(spec: object) -> bool:
+    """True for ``"demo"`` and ``"demo:<name>"``."""
+    return isinstance(spec, str) and (spec == "demo" or spec.startswith("demo:"))
+
+
+def _demo_name(spec: str) -> str:
+    name = DEMO_BEHAVIOURS[0] if spec == "demo" else spec.split(":", 1)[1].strip()
+    if name not in DEMO_BEHAVIOURS:
+        raise DatasetError(f"no bundled demo behaviour {name!r}: choose one of "
+                           f"{', '.join(demo_spec(n) for n in DEMO_BEHAVIOURS)}", path=spec)
+    return name
+
+
+def list_demos() -> list[DemoInfo]:
+    """Every bundled demo behaviour (what ``saas datasets`` prints and the sidebar offers)."""
+    out = []
+    for name in DEMO_BEHAVIOURS:
+        folder = importlib.resources.files("saas").joinpath("demo")
+        card = json.loads(folder.joinpath(f"{name}.json").read_text(encoding="utf-8"))
+        n = sum(1 for line in folder.joinpath(f"{name}.jsonl").read_text(encoding="utf-8").splitlines() if line.strip())
+        out.append(DemoInfo(demo_spec(name), name, str(card.get("title") or name), n, str(card.get("description", ""))))
+    return out
+
+
+def load_demo(behaviour: str = DEMO_BEHAVIOURS[0], *, name: str | None = None, description: str | None = None,
+              limit: int | None = None) -> BehaviourDataset:
+    """A bundled demo behaviour (:data:`DEMO_BEHAVIOURS`): full-sentence reply pairs written for this
+    project, annotated with ``facet`` and ``quality`` (the method never reads them)."""
+    behaviour = _demo_name(behaviour if is_demo_spec(behaviour) else f"demo:{behaviour}")
     folder = importlib.resources.files("saas").joinpath("demo")
-    data = folder.joinpath(f"{DEMO_NAME}.jsonl").read_bytes()
-    sidecar = json.loads(folder.joinpath(f"{DEMO_NAME}.json").read_text(encoding="utf-8"))
+    data = folder.joinpath(f"{behaviour}.jsonl").read_bytes()
+    sidecar = json.loads(folder.joinpath(f"{behaviour}.json").read_text(encoding="utf-8"))
     return _load_from_bytes(
         data,
-        f"{DEMO_NAME}.jsonl",
+        f"{behaviour}.jsonl",
         format="generic",
         name=name,
         description=description,
@@ -854,7 +1014,8 @@ def load_demo(name: str | None = None, description: str | None = None, limit: in
         limit=limit,
         persona_suffix=None,
         sidecar=sidecar,
-        source="bundled:demo",
+        source=f"bundled:{demo_spec(behaviour)}",
+        sidecar_path=f"{behaviour}.json",
     )
 
 
@@ -871,8 +1032,9 @@ def load_dataset(
     """Load a behaviour dataset: the bundled demo, or a persona, CAA or generic file.
 
     Args:
-        spec: ``"demo"`` for the bundled demo behaviour, else a file path (a CAA behaviour folder
-            means its ``generate_dataset.json``).
+        spec: ``"demo"`` for the bundled demo behaviour (optimism), ``"demo:<name>"`` for another
+            bundled one (:data:`DEMO_BEHAVIOURS`), else a file path (a CAA behaviour folder means its
+            ``generate_dataset.json``).
         format: ``"persona"`` (Anthropic persona JSONL: question + " Yes"/" No" labels), ``"caa"``
             (CAA A/B JSON array: question with options + "(A)"-style labels), ``"generic"`` (CSV,
             TSV, JSONL or JSON array with prompt/positive/negative and an optional id), or
@@ -894,8 +1056,8 @@ def load_dataset(
             validation (missing fields, wrong labels, identical answers, duplicate prompts); the
             message names the file, line and field.
     """
-    if isinstance(spec, str) and spec == "demo":
-        return load_demo(name=name, description=description, limit=limit)
+    if is_demo_spec(spec):
+        return load_demo(str(spec), name=name, description=description, limit=limit)
     path = Path(spec).expanduser()
     if path.is_dir():
         if (path / "generate_dataset.json").is_file():
@@ -909,6 +1071,7 @@ def load_dataset(
         raise DatasetError(
             f"the file is {size:,} bytes, over the limit of {max_bytes:,} bytes (max_bytes)", path=str(path)
         )
+    card = _read_sidecar(path)
     return _load_from_bytes(
         path.read_bytes(),
         str(path),
@@ -918,8 +1081,9 @@ def load_dataset(
         max_bytes=max_bytes,
         limit=limit,
         persona_suffix=persona_suffix,
-        sidecar=_read_sidecar(path),
+        sidecar=None if card is None else card[0],
         source=str(path.resolve()),
+        sidecar_path="" if card is None else str(card[1]),
     )
 
 
@@ -954,17 +1118,30 @@ def load_dataset_from_bytes(
 
 
 def save_dataset(dataset: BehaviourDataset, path: str | Path) -> Path:
-    """Write ``dataset`` as generic JSONL (id, prompt, positive, negative) plus a ``<stem>.json`` sidecar.
+    """Write ``dataset`` as generic JSONL (id, prompt, positive, negative, and the ``facet`` /
+    ``quality`` annotations when present) plus a ``<stem>.json`` sidecar (the behaviour card).
 
-    :func:`load_dataset` reads it back with the same ids, texts, options, name, description and kind.
+    :func:`load_dataset` reads it back with the same ids, texts, options, name, description, kind,
+    card and annotations.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
         for inst in dataset.instances:
             row = {"id": inst.id, "prompt": inst.prompt, "positive": inst.positive, "negative": inst.negative}
+            if inst.facet is not None:
+                row["facet"] = inst.facet
+            if inst.quality is not None:
+                row["quality"] = inst.quality
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    sidecar = {"name": dataset.name, "description": dataset.description, "answer_kind": dataset.answer_kind}
+    sidecar: dict[str, Any] = {"name": dataset.name, "description": dataset.description,
+                               "answer_kind": dataset.answer_kind}
+    if dataset.title:
+        sidecar["title"] = dataset.title
+    if dataset.negative_description:
+        sidecar["negative"] = dataset.negative_description
+    if dataset.facets:
+        sidecar["facets"] = [f.to_dict() for f in dataset.facets]
     path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
 

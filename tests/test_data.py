@@ -17,6 +17,7 @@ from saas.data import (
     DatasetError,
     default_description,
     discover_datasets,
+    list_demos,
     load_dataset,
     load_dataset_from_bytes,
     parse_options,
@@ -227,26 +228,44 @@ def test_discover_datasets_lists_loadable_files_only() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_demo_behaviour() -> None:
-    ds = load_dataset("demo")
-    assert ds.name == "optimism"
+@pytest.mark.parametrize("spec", ["demo", "demo:politeness", "demo:caution"])
+def test_demo_behaviours_are_annotated_sentence_pairs(spec: str) -> None:
+    ds = load_dataset(spec)
     assert ds.answer_kind == "sentence"
-    assert ds.source == "bundled:demo"
-    assert 60 <= len(ds) <= 120
+    assert ds.source == f"bundled:{spec}"
+    assert 120 <= len(ds) <= 200
     assert len({i.prompt for i in ds.instances}) == len(ds)
     assert len({i.id for i in ds.instances}) == len(ds)
-    assert "optimis" in ds.description.lower() and len(ds.description.split()) >= 30
+    assert ds.annotated and ds.title and ds.negative_description
+    assert 4 <= len(ds.facets) <= 6
+    assert len(ds.description.split()) >= 30
     assert len({i.meta["domain"] for i in ds.instances}) >= 8
+    counts = Counter(i.quality for i in ds.instances)
+    assert set(counts) == {"clean", "swapped", "neutral", "confounded", "weak"}
+    assert 0.15 <= 1 - counts["clean"] / len(ds) <= 0.25  # the share of flawed pairs
+    card = json.loads((Path(__file__).parents[1] / "saas" / "demo" / f"{ds.name}.json").read_text())
+    assert card["annotation_counts"] == dict(counts)  # the card's counts are the file's
+    facet_ids = {f.id for f in ds.facets}
     for inst in ds.instances:
-        assert inst.prompt.endswith("?")
         assert inst.options == ()
+        assert inst.positive != inst.negative
+        assert inst.facet is None or inst.facet in facet_ids
+        if inst.quality != "clean":
+            continue
+        assert inst.facet in facet_ids  # every clean pair names its facet
         for answer in (inst.positive, inst.negative):
             words = answer.split()
-            assert 12 <= len(words) <= 35, answer
+            assert 10 <= len(words) <= 40, answer
             assert answer[0].isupper() and answer[-1] in ".!?", answer
-            assert words[0].strip(",.").lower() not in ("yes", "no"), answer
-        assert inst.positive != inst.negative
-        assert abs(len(inst.positive.split()) - len(inst.negative.split())) <= 6
+        assert abs(len(inst.positive.split()) - len(inst.negative.split())) <= 8  # parallel answers
+    assert min(Counter(i.facet for i in ds.instances if i.quality == "clean").values()) >= 15
+
+
+def test_demo_specs() -> None:
+    assert load_dataset("demo").name == load_dataset("demo:optimism").name == "optimism"
+    assert [d.spec for d in list_demos()] == ["demo", "demo:politeness", "demo:caution"]
+    with pytest.raises(DatasetError, match="no bundled demo behaviour 'kindness'.*demo:politeness"):
+        load_dataset("demo:kindness")
 
 
 def test_demo_overrides_and_limit() -> None:
@@ -313,6 +332,85 @@ def test_sidecar_description_and_save_roundtrip(tmp_path: Path) -> None:
     persona = load_dataset(PERSONA / "no-shut-down.jsonl", limit=20)
     back = load_dataset(save_dataset(persona, tmp_path / "nsd.jsonl"))
     assert back.content_hash() == persona.content_hash()
+
+
+# ---------------------------------------------------------------------------------------------
+# Annotations (facet, quality) and behaviour cards
+# ---------------------------------------------------------------------------------------------
+
+CARD = {"name": "kindness", "description": "Kind replies.", "negative": "Curt replies.",
+        "facets": [{"id": "thanks", "name": "thanks the person"}, {"id": "warm", "name": "is warm"}]}
+
+
+def _annotated(tmp_path: Path, rows: list[dict], card: dict | None = CARD, name: str = "kind.jsonl") -> Path:
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    if card is not None:
+        path.with_suffix(".json").write_text(json.dumps(card), encoding="utf-8")
+    return path
+
+
+def _row(k: int, **notes: object) -> dict:
+    return {"prompt": f"Question {k}?", "positive": f"Thank you so much, {k} is lovely.", "negative": f"{k}. Fine.",
+            **notes}
+
+
+def test_annotations_load_and_round_trip(tmp_path: Path) -> None:
+    path = _annotated(tmp_path, [_row(1, facet="thanks", quality="clean"), _row(2, quality="swapped", facet=""),
+                                 _row(3), _row(4, facet=None, quality=None)])
+    ds = load_dataset(path)
+    assert [(i.quality, i.facet) for i in ds.instances] == [("clean", "thanks"), ("swapped", None), (None, None),
+                                                            (None, None)]
+    assert ds.annotated and ds.negative_description == "Curt replies."
+    assert [(f.id, f.name) for f in ds.facets] == [("thanks", "thanks the person"), ("warm", "is warm")]
+    back = load_dataset(save_dataset(ds, tmp_path / "out" / "again.jsonl"))
+    assert [(i.quality, i.facet) for i in back.instances] == [(i.quality, i.facet) for i in ds.instances]
+    assert back.facets == ds.facets and back.negative_description == ds.negative_description
+    assert back.content_hash() == ds.content_hash()  # annotations never change what the method sees
+
+
+def test_annotations_in_csv_and_without_a_card(tmp_path: Path) -> None:
+    p = tmp_path / "k.csv"
+    p.write_text("prompt,positive,negative,facet,quality\n"
+                 "A?,Thank you kindly.,No.,anything goes,weak\n"
+                 "B?,So kind of you.,Whatever.,,\n", encoding="utf-8")
+    ds = load_dataset(p)  # no card: any facet name is accepted
+    assert [(i.quality, i.facet) for i in ds.instances] == [("weak", "anything goes"), (None, None)]
+    assert ds.facets == []
+
+
+@pytest.mark.parametrize(
+    ("notes", "field", "message"),
+    [
+        ({"quality": "swaped"}, "quality", 'unknown quality "swaped": use one of clean, swapped, neutral, confounded, weak'),
+        ({"quality": "Clean!"}, "quality", "unknown quality"),
+        ({"facet": "kindness"}, "facet", 'unknown facet "kindness": the behaviour card lists thanks, warm'),
+        ({"quality": 3}, "quality", "expected a string, got int 3"),
+        ({"facet": ["thanks"]}, "facet", "expected a string, got list"),
+    ],
+)
+def test_bad_annotations_name_file_line_and_field(tmp_path: Path, notes: dict, field: str, message: str) -> None:
+    path = _annotated(tmp_path, [_row(1, quality="clean"), _row(2, **notes)])
+    with pytest.raises(DatasetError) as err:
+        load_dataset(path)
+    assert (err.value.line, err.value.field) == (2, field)
+    assert message in str(err.value) and str(err.value).startswith("kind.jsonl, line 2, field")
+
+
+@pytest.mark.parametrize(
+    ("facets", "field", "message"),
+    [
+        ("thanks", "facets", "expected a list of facets"),
+        ([{"name": "no id"}], "facets[0]", "a facet needs a non-empty 'id'"),
+        (["thanks", {"id": "thanks"}], "facets[1]", 'facet id "thanks" appears twice'),
+    ],
+)
+def test_bad_card_facets_name_the_card(tmp_path: Path, facets: object, field: str, message: str) -> None:
+    path = _annotated(tmp_path, [_row(1)], card={**CARD, "facets": facets})
+    with pytest.raises(DatasetError) as err:
+        load_dataset(path)
+    assert err.value.field == field and message in str(err.value)
+    assert str(err.value).startswith("kind.json, field")
 
 
 # ---------------------------------------------------------------------------------------------
