@@ -34,19 +34,32 @@ if ar is None:
     st.stop()
 
 subs = ar.subs
+
+
+def origin_of(s: object) -> str:
+    """Where a sub-behaviour came from, for the hover and the table (runs saved before had none)."""
+    origin = getattr(s, "origin", "") or ("written by the user" if getattr(s, "provenance", "") == "added" else "")
+    edited = " (edited by the user)" if getattr(s, "provenance", "") == "edited" else ""
+    return f"{origin or 'not recorded'}{edited}"
+
+
 fig = resources.figure("tree", (run.scores_key,), lambda: figures.subbehaviour_tree(
     ar.behaviour.name, [s.name for s in subs], [float(s.contribution or 0.0) for s in subs], [s.kept for s in subs],
-    [s.rationale for s in subs], provenance=[f"{s.provenance}{' (extracted)' if s.extractive else ''}" for s in subs],
+    [s.rationale for s in subs], provenance=[origin_of(s) for s in subs],
     descriptions=[s.description for s in subs]))
 st.plotly_chart(fig, width="stretch", key="sub_tree")
 st.caption(f"{len(ar.kept)} of {len(subs)} sub-behaviours kept (contribution >= {ar.threshold:g}); dropped ones "
-           "are grey. Hover for the rationale. Extracted names come from clusters of instances (offline backend).")
+           "are grey. Hover for the rationale and the origin. The offline backend takes names from the clauses of "
+           "the behaviour description and from phrases that separate the positive from the negative answers "
+           "(counts in the origin); a language model writes its own.")
 
 st.subheader("Edit")
 st.caption("Change names, descriptions or contributions, or tick *remove*, then apply: only the sub-behaviours "
            "an edit touches are scored again.")
-edited = st.data_editor(explore.subbehaviour_frame(subs), hide_index=True, key=f"sub_editor_{run.scores_key}",
-                        disabled=["id", "kept", "provenance", "rationale"],
+frame = explore.subbehaviour_frame(subs)
+frame["origin"] = [origin_of(s) for s in subs]
+edited = st.data_editor(frame, hide_index=True, key=f"sub_editor_{run.scores_key}",
+                        disabled=["id", "kept", "provenance", "rationale", "origin"],
                         column_config={"contribution": st.column_config.NumberColumn(min_value=0.0, max_value=10.0,
                                                                                      step=0.5, format="%.2f")})
 c1, c2 = st.columns(2)

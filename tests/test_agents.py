@@ -211,14 +211,48 @@ def test_concurrent_scoring_equals_sequential(dataset, tmp_path, monkeypatch) ->
 
 
 def test_corrupted_cache_file_is_a_miss_with_a_warning(dataset, cache) -> None:
-    run_agents(dataset, FakeBackend())
+    first = run_agents(dataset, FakeBackend())
     agent1_file = next(f for f in cache.files() if json.loads(f.read_text())["stage"] == "agent1")
+    others = {f: f.read_bytes() for f in cache.root.rglob("*.json") if f != agent1_file}
     agent1_file.write_text("{ not json")
     backend = FakeBackend()
     with pytest.warns(UserWarning, match="treating it as a miss"):
-        run_agents(dataset, backend, refresh=False)
+        again = run_agents(dataset, backend, refresh=False)
     assert backend.invocations == Counter(agent1=1)  # exactly the corrupted call is made again
+    assert json.loads(agent1_file.read_text())["stage"] == "agent1"  # ... and stored whole again
+    assert {f: f.read_bytes() for f in others} == others  # nothing else was rewritten or lost
+    assert again.subs == first.subs and np.array_equal(again.table.scores, first.table.scores)
     assert not list(cache.root.rglob("*.tmp"))  # atomic writes leave no temporaries
+
+
+@pytest.mark.parametrize("garbage", ["", "{ not json", "[1, 2]", "\x00\x01binary"])
+def test_corrupted_index_file_rescores_only_that_instance(dataset, cache, garbage) -> None:
+    first = run_agents(dataset, FakeBackend())
+    index = sorted((cache.root / "index").glob("*.json"))
+    victim = next(f for f in index if json.loads(f.read_text())["instance_id"] == "d:5")
+    victim.write_text(garbage)
+    backend = FakeBackend()
+    with pytest.warns(UserWarning, match="treating it as a miss"):
+        again = run_agents(dataset, backend)
+    # one new Agent-3 call for that instance alone; every other instance comes from the index
+    assert backend.invocations == Counter(agent3=1) and backend.scored == [(["d:5"], again.table.sub_ids)]
+    assert again.stats["agent3"].index_hits == len(dataset.instances) - 1
+    assert np.array_equal(again.table.scores, first.table.scores)
+    assert json.loads(victim.read_text())["instance_id"] == "d:5"
+
+
+def test_corrupted_overlay_file_is_ignored_with_a_warning(dataset, cache, tmp_path) -> None:
+    ov = Overlay()
+    ov.rename("S1", "hopeful wording")
+    run = run_agents(dataset, FakeBackend(), overlay=ov)
+    out = run.save(tmp_path / "out")
+    (out / "agent_run.json").unlink()  # the light export: the tree, the scores, the overlay file
+    (out / "overlay.json").write_text('{"edits": {"S1": {"name": ')
+    with pytest.warns(UserWarning, match="ignoring the unreadable overlay file"):
+        back = AgentRun.load(out)
+    assert back.overlay is None
+    assert [s.name for s in back.subs] == [s.name for s in run.subs]  # the tree itself is not lost
+    np.testing.assert_allclose(back.importance(run.table.ids), run.importance(run.table.ids))
 
 
 def test_cache_key_covers_backend_model_version_prompt_params(monkeypatch) -> None:
@@ -412,8 +446,10 @@ def test_make_backend(monkeypatch) -> None:
 
 
 def test_subbehaviour_round_trip() -> None:
-    s = SubBehaviour("S1", "n", "d", 4.5, "why", True, "edited", True)
+    s = SubBehaviour("S1", "n", "d", 4.5, "why", True, "edited", True, 'description clause: "n"')
     assert SubBehaviour.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+    old = {k: v for k, v in s.to_dict().items() if k != "origin"}  # a run saved before origin existed
+    assert SubBehaviour.from_dict(old).origin == ""
     c = ContributionResult("S1", 4.5, "why", True, "abc")
     assert ContributionResult.from_dict(c.to_dict()) == c
 

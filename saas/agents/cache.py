@@ -30,13 +30,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from saas.agents.prompts import PROMPT_VERSION
+from saas.agents.types import ReplyError
 from saas.paths import cache_dir
 
 T = TypeVar("T")
 
+__all__ = ["CallCache", "CallSession", "ReplyError", "StageStats", "call_key"]
 
-class ReplyError(ValueError):
-    """A reply that does not satisfy the expected schema (raised by parsers; the call stays cached)."""
+#: Usage fields summed into :class:`StageStats` (the Anthropic Messages API's names; other backends
+#: report what they have). ``input_tokens`` counts only the uncached input tokens of a call.
+TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
 
 def call_key(backend: str, model: str, prompt: str, params: dict[str, Any], version: str = PROMPT_VERSION) -> str:
@@ -82,9 +85,11 @@ class CallCache:
         self.root = Path(root) if root is not None else cache_dir("agents")
 
     def path(self, key: str) -> Path:
+        """The file of one call."""
         return self.root / "calls" / f"{key}.json"
 
     def get(self, key: str) -> dict[str, Any] | None:
+        """The stored record of a call, or None (missing, or unreadable: then a warning)."""
         data = _read_json(self.path(key))
         if data is not None and (not isinstance(data, dict) or "raw" not in data):
             warnings.warn(f"agent cache: {self.path(key)} has no raw reply; treating it as a miss", stacklevel=2)
@@ -92,13 +97,20 @@ class CallCache:
         return data
 
     def put(self, record: dict[str, Any]) -> None:
+        """Store a call record (atomically)."""
         _atomic_write_json(self.path(record["key"]), record)
 
     def get_index(self, key: str) -> dict[str, Any] | None:
-        data = _read_json(self.root / "index" / f"{key}.json")
-        return data if isinstance(data, dict) else None
+        """One instance's Agent-3 result from the per-instance index (None if absent or unreadable)."""
+        path = self.root / "index" / f"{key}.json"
+        data = _read_json(path)
+        if data is not None and not isinstance(data, dict):
+            warnings.warn(f"agent cache: {path} is not an index record; treating it as a miss", stacklevel=2)
+            return None
+        return data
 
     def put_index(self, key: str, data: dict[str, Any]) -> None:
+        """Store one instance's Agent-3 result in the per-instance index."""
         _atomic_write_json(self.root / "index" / f"{key}.json", data)
 
     def files(self) -> list[Path]:
@@ -118,7 +130,12 @@ class StageStats:
             replayed at all: a rerun, or a different subset of already-scored instances).
         seconds: Wall time of the stage (set by the pipeline).
         call_seconds: Summed duration of the calls made.
-        input_tokens / output_tokens: Token usage of the calls made (LLM backends).
+        input_tokens: Uncached input tokens of the calls made (LLM backends).
+        output_tokens: Output tokens of the calls made.
+        cache_creation_input_tokens: Input tokens written to the provider's prompt cache (Anthropic:
+            billed at a premium, once per cached prefix).
+        cache_read_input_tokens: Input tokens read from the provider's prompt cache (billed at a
+            fraction of the normal price).
     """
 
     calls: int = 0
@@ -128,12 +145,35 @@ class StageStats:
     call_seconds: float = 0.0
     input_tokens: int = 0
     output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+    @property
+    def total_input_tokens(self) -> int:
+        """Uncached + cache-written + cache-read input tokens."""
+        return self.input_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens
+
+    def describe(self) -> str:
+        """One line: calls, cache hits, reused instances, time and (when any) token usage."""
+        line = (
+            f"{self.calls} calls, {self.cache_hits} cache hits, {self.index_hits} reused instances, "
+            f"{self.seconds:.2f} s"
+        )
+        if self.total_input_tokens or self.output_tokens:
+            line += (
+                f"; input tokens {self.total_input_tokens} ({self.input_tokens} uncached, "
+                f"{self.cache_creation_input_tokens} written to and {self.cache_read_input_tokens} read from "
+                f"the prompt cache), output tokens {self.output_tokens}"
+            )
+        return line
 
     def to_dict(self) -> dict[str, Any]:
+        """All counters, JSON-ready."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StageStats:
+        """Inverse of :meth:`to_dict` (unknown keys ignored, missing ones zero)."""
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
@@ -153,6 +193,7 @@ class CallSession:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def stage(self, name: str) -> StageStats:
+        """The counters of one stage (created on first use)."""
         with self._lock:
             return self.stats.setdefault(name, StageStats())
 
@@ -217,8 +258,8 @@ class CallSession:
         with self._lock:
             stats.calls += 1
             stats.call_seconds += seconds
-            stats.input_tokens += int(usage.get("input_tokens") or 0)
-            stats.output_tokens += int(usage.get("output_tokens") or 0)
+            for name in TOKEN_FIELDS:
+                setattr(stats, name, getattr(stats, name) + int(usage.get(name) or 0))
         try:
             parsed = parse(raw)
         except ReplyError as err:

@@ -24,9 +24,8 @@ from typing import Any
 import numpy as np
 
 from saas.agents import prompts
-from saas.agents.backend import BatchScores, DraftSubBehaviour
-from saas.agents.cache import CallSession, ReplyError
-from saas.agents.types import AgentError, Behaviour, ContributionResult
+from saas.agents.cache import CallSession
+from saas.agents.types import AgentError, BatchScores, Behaviour, ContributionResult, DraftSubBehaviour, ReplyError
 
 _ITEM = re.compile(r"^\s*(?:[-*]\s*)?(\d{1,2})\s*[.):]\s*(?P<body>.+?)\s*$")
 _SPLIT = re.compile(r"\s*(?::|\s[-\u2013\u2014]\s)\s*")
@@ -272,15 +271,12 @@ class LocalLLMBackend:
                     )
                 return found
 
+            def invoke(s: int = sample_seed) -> tuple[str, dict[str, Any]]:
+                return self.generate(formatted, s), {}
+
             try:
                 items, _ = session.call(
-                    "agent1",
-                    self.name,
-                    self.model_id,
-                    formatted,
-                    {**self.signature, "seed": sample_seed},
-                    lambda s=sample_seed: (self.generate(formatted, s), {}),
-                    parse,
+                    "agent1", self.name, self.model_id, formatted, {**self.signature, "seed": sample_seed}, invoke, parse
                 )
             except ReplyError as err:
                 problems.append(f"seed {sample_seed}: {err}")
@@ -293,7 +289,9 @@ class LocalLLMBackend:
                 f"agent1 (local {self.model_id}): no parsable decomposition after {self.max_attempts} samples; "
                 + "; ".join(problems)
             )
-        return [DraftSubBehaviour(i["name"], i["description"]) for i in items[: prompts.K_MAX]]
+        origin = (f"written by the local model {self.model_id} from the behaviour description and "
+                  f"{len(examples)} sampled training pairs")
+        return [DraftSubBehaviour(i["name"], i["description"], False, origin) for i in items[: prompts.K_MAX]]
 
     def rate(self, behaviour: Behaviour, subs: Sequence[Any], *, session: CallSession) -> list[ContributionResult]:
         users = [prompts.local_rate_prompt(behaviour.name, behaviour.description, s) for s in subs]

@@ -106,7 +106,8 @@ class Overlay:
         while f"U{n}" in taken:
             n += 1
         c, _ = clip_score(float(contribution))
-        sub = SubBehaviour(f"U{n}", name.strip(), description.strip(), c, rationale, True, "added", False)
+        sub = SubBehaviour(f"U{n}", name.strip(), description.strip(), c, rationale, True, "added", False,
+                           "written by the user")
         self.added.append(sub)
         return sub
 
@@ -132,7 +133,7 @@ class Overlay:
                 continue
             if e.removed:
                 continue
-            changed = {}
+            changed: dict[str, Any] = {}
             if e.name is not None and e.name != s.name:
                 changed["name"] = e.name
             if e.description is not None and e.description != s.description:

@@ -18,7 +18,11 @@ from typing import Any
 
 from saas.data import Instance
 
-PROMPT_VERSION = "saas-agents-v1"
+PROMPT_VERSION = "saas-agents-v2"
+"""v2: Agent-3 is contrastive (how much MORE the positive answer shows a sub-behaviour than the
+negative), its instructions and sub-behaviour list form one block marked for prompt caching; the
+offline backend decomposes the behaviour description and the answers' contrast (v1: k-means on
+prompts)."""
 
 K_MIN = 5
 K_MAX = 10
@@ -75,18 +79,34 @@ or contrary) to 10 (it is the core of the behaviour), and give a one-line ration
 listed ({ids}) exactly once and no other id. Record the ratings with the tool `record_contributions`."""
 
 # --- Agent-3: instance scoring (instance content + sub-behaviour descriptions only) ----------
+# Contrastive: the question is how much more the answer that shows the behaviour exhibits the
+# sub-behaviour than the answer that does not, so the prompt's topic (shared by both answers)
+# does not count. The first block (instructions + sub-behaviours) is the same in every batch of a
+# run and is marked for the provider's prompt cache; the second block holds the batch.
 
-SCORE_TEMPLATE = """\
+SCORE_INSTRUCTIONS_TEMPLATE = """\
 Sub-behaviours:
 {subbehaviours}
 
+Each instance below has a prompt, an answer that shows the target behaviour and an answer that does \
+not. The two answers reply to the same prompt, so what they share (the topic of the prompt, facts \
+both state) is not evidence for any sub-behaviour.
+
+Task: for every instance and every sub-behaviour, rate from 0 to 10 how much MORE the answer that \
+shows the behaviour exhibits the sub-behaviour than the answer that does not. 0 = it does not \
+exhibit it more than the other answer does (including when both answers say the same thing in this \
+respect, or when the sub-behaviour is simply unrelated); 5 = it clearly exhibits it more; 10 = the \
+contrast between the two answers is squarely this sub-behaviour. Return exactly one entry per \
+instance id with a number for each sub-behaviour id ({sub_ids}). Record the scores with the tool \
+`record_relevance`."""
+
+SCORE_BATCH_TEMPLATE = """\
 Instances:
 {instances}
 
-Task: for every instance and every sub-behaviour, rate from 0 to 10 how relevant the instance is to \
-the sub-behaviour (0 = unrelated, 10 = the instance is squarely about it). Return exactly one entry \
-for each instance id ({ids}) with a number for each sub-behaviour id ({sub_ids}). Record the scores \
-with the tool `record_relevance`."""
+Score these instance ids: {ids}."""
+
+SCORE_TEMPLATE = SCORE_INSTRUCTIONS_TEMPLATE + "\n\n" + SCORE_BATCH_TEMPLATE
 
 # --- Local LLM, Agents 2 and 3: a single digit read from the next-token distribution --------
 
@@ -105,8 +125,10 @@ LOCAL_SCORE_TEMPLATE = """\
 
 {instance}
 
-On a scale from 0 to 9, how relevant is this instance to the sub-behaviour? \
-0 = unrelated, 9 = the instance is squarely about it. Answer with a single digit."""
+On a scale from 0 to 9, how much MORE does the answer that shows the behaviour exhibit this \
+sub-behaviour than the answer that does not? 0 = not more (or the answers do not differ in this \
+respect), 9 = the difference between the two answers is squarely this sub-behaviour. Answer with a \
+single digit."""
 
 LOCAL_SYSTEM_PROMPT = """\
 You are a careful analyst of language-model behaviour. Text inside <instance>, <example>, \
@@ -168,7 +190,10 @@ def score_tool(sub_ids: Sequence[str]) -> dict[str, Any]:
     """The Agent-3 tool: one entry per instance, one number in [0, 10] per sub-behaviour id."""
     return {
         "name": "record_relevance",
-        "description": "Record how relevant each instance is to each sub-behaviour.",
+        "description": (
+            "Record, for each instance, how much more its positive answer than its negative answer "
+            "exhibits each sub-behaviour (0-10)."
+        ),
         "input_schema": {
             "type": "object",
             "properties": {
@@ -225,6 +250,7 @@ def render_subbehaviours(subs: Sequence[Any]) -> str:
 
 
 def decompose_prompt(name: str, description: str, examples: Sequence[Instance], *, tool: bool) -> str:
+    """Agent-1's user message: the behaviour, the sampled examples, the task."""
     return DECOMPOSE_TEMPLATE.format(
         name=_attr(name),
         description=escape_data(description.strip()),
@@ -237,6 +263,7 @@ def decompose_prompt(name: str, description: str, examples: Sequence[Instance], 
 
 
 def rate_prompt(name: str, description: str, subs: Sequence[Any]) -> str:
+    """Agent-2's user message: the behaviour and the sub-behaviours (no instances)."""
     return RATE_TEMPLATE.format(
         name=_attr(name),
         description=escape_data(description.strip()),
@@ -245,21 +272,34 @@ def rate_prompt(name: str, description: str, subs: Sequence[Any]) -> str:
     )
 
 
-def score_prompt(subs: Sequence[Any], instances: Sequence[Instance]) -> str:
-    """Agent-3 sees the instances and the sub-behaviours only (not the behaviour description)."""
-    return SCORE_TEMPLATE.format(
-        subbehaviours=render_subbehaviours(subs),
-        instances="\n\n".join(render_instance(i) for i in instances),
-        ids=", ".join(i.id for i in instances),
-        sub_ids=", ".join(s.id for s in subs),
+def score_prompt_parts(subs: Sequence[Any], instances: Sequence[Instance]) -> tuple[str, str]:
+    """Agent-3's user message in two blocks: (instructions + sub-behaviours, the batch).
+
+    The first block is identical for every batch of a run (the Anthropic backend marks it for
+    prompt caching); Agent-3 sees the instances and the sub-behaviours only, not the behaviour's
+    description.
+    """
+    head = SCORE_INSTRUCTIONS_TEMPLATE.format(
+        subbehaviours=render_subbehaviours(subs), sub_ids=", ".join(s.id for s in subs)
     )
+    batch = SCORE_BATCH_TEMPLATE.format(
+        instances="\n\n".join(render_instance(i) for i in instances), ids=", ".join(i.id for i in instances)
+    )
+    return head, batch
+
+
+def score_prompt(subs: Sequence[Any], instances: Sequence[Instance]) -> str:
+    """Agent-3's user message as one text (the two blocks of :func:`score_prompt_parts`)."""
+    return "\n\n".join(score_prompt_parts(subs, instances))
 
 
 def local_rate_prompt(name: str, description: str, sub: Any) -> str:
+    """The local backend's one-digit Agent-2 question for one sub-behaviour."""
     return LOCAL_RATE_TEMPLATE.format(
         name=_attr(name), description=escape_data(description.strip()), sub=escape_data(sub.text)
     )
 
 
 def local_score_prompt(sub: Any, inst: Instance) -> str:
+    """The local backend's one-digit contrastive Agent-3 question for one (sub-behaviour, instance)."""
     return LOCAL_SCORE_TEMPLATE.format(sub=escape_data(sub.text), instance=render_instance(inst))

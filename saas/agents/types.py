@@ -1,12 +1,18 @@
-"""Typed results of the three agents.
+"""The bottom layer of ``saas.agents``: the agents' data types, the backend Protocol and the errors.
 
-- :class:`SubBehaviour`: one node of the behaviour tree (Agent-1 writes name + description, Agent-2
-  adds the contribution c_k and a rationale, the user may edit it through an overlay).
+- :class:`SubBehaviour`: one node of the behaviour tree (Agent-1 writes name + description and says
+  where they came from, Agent-2 adds the contribution c_k and a rationale, the user may edit it
+  through an overlay).
 - :class:`ContributionResult`: Agent-2's verdict on one sub-behaviour.
 - :class:`RelevanceTable`: Agent-3's s_ik in [0, 10], N instances x K' kept sub-behaviours, with a
   flag for every repaired cell and the id of the call that produced every cell.
+- :class:`DraftSubBehaviour` / :class:`BatchScores`: what a backend returns to the pipeline.
+- :class:`AgentBackend`: the Protocol every backend implements.
+- :class:`AgentError` (a stage failed) and :class:`ReplyError` (a reply broke its schema).
 
-Every type has ``to_dict`` / ``from_dict`` so it can be cached, exported and reloaded.
+This module imports nothing else from ``saas.agents`` (the call session appears only as a type), so
+every other module of the package can import it without a cycle. Every data type has ``to_dict`` /
+``from_dict`` so it can be cached, exported and reloaded.
 """
 
 from __future__ import annotations
@@ -14,12 +20,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
 
-from saas.data import BehaviourDataset
+from saas.data import BehaviourDataset, Instance
+
+if TYPE_CHECKING:
+    from saas.agents.cache import CallSession
 
 Provenance = Literal["agent", "edited", "added"]
 
@@ -29,6 +38,10 @@ SCORE_MAX = 10.0
 
 class AgentError(RuntimeError):
     """An agent stage could not produce a valid result (after the retries that make sense)."""
+
+
+class ReplyError(ValueError):
+    """A reply that does not satisfy the expected schema (raised by parsers; the call stays cached)."""
 
 
 @dataclass(frozen=True)
@@ -61,8 +74,12 @@ class SubBehaviour:
         rationale: Agent-2's one-line reason (or a note on the edit).
         kept: ``contribution >= threshold`` (default threshold 2); only kept ones are scored.
         provenance: ``"agent"``, ``"edited"`` (user changed it) or ``"added"`` (user wrote it).
-        extractive: True when the name/description were extracted from instances (offline
-            backend) rather than written by a language model.
+        extractive: True when the name/description were extracted (offline backend: from the
+            behaviour description or from phrases of the answers) rather than written by a
+            language model.
+        origin: Where the name came from, in words: the description clause, the mined phrases
+            (with their counts in positive vs negative answers), or the language model that wrote
+            it. Empty for runs saved before this field existed.
     """
 
     id: str
@@ -73,6 +90,7 @@ class SubBehaviour:
     kept: bool = True
     provenance: Provenance = "agent"
     extractive: bool = False
+    origin: str = ""
 
     @property
     def text(self) -> str:
@@ -80,13 +98,16 @@ class SubBehaviour:
         return f"{self.name}: {self.description}"
 
     def with_contribution(self, contribution: float, rationale: str, threshold: float) -> SubBehaviour:
+        """A copy with Agent-2's contribution and rationale; ``kept = contribution >= threshold``."""
         return replace(self, contribution=float(contribution), rationale=rationale, kept=contribution >= threshold)
 
     def to_dict(self) -> dict[str, Any]:
+        """All fields, JSON-ready."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SubBehaviour:
+        """Inverse of :meth:`to_dict`; fields missing in older files get their defaults."""
         c = d.get("contribution")
         return cls(
             id=str(d["id"]),
@@ -97,6 +118,7 @@ class SubBehaviour:
             kept=bool(d.get("kept", True)),
             provenance=d.get("provenance", "agent"),
             extractive=bool(d.get("extractive", False)),
+            origin=str(d.get("origin", "")),
         )
 
 
@@ -150,8 +172,8 @@ class RelevanceTable:
     ids: list[str]
     sub_ids: list[str]
     scores: np.ndarray
-    flags: np.ndarray = field(default=None)  # type: ignore[assignment]
-    call_ids: np.ndarray = field(default=None)  # type: ignore[assignment]
+    flags: np.ndarray = field(default=None)  # type: ignore[assignment, arg-type]  # None -> zeros in __post_init__
+    call_ids: np.ndarray = field(default=None)  # type: ignore[assignment, arg-type]  # None -> "" in __post_init__
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -244,8 +266,8 @@ class RelevanceTable:
             [str(i) for i in d["ids"]],
             [str(s) for s in d["sub_ids"]],
             np.asarray(d["scores"], dtype=np.float64).reshape(n, k),
-            None if d.get("flags") is None else np.asarray(d["flags"], bool).reshape(n, k),
-            None if d.get("call_ids") is None else np.asarray(d["call_ids"], dtype=object).reshape(n, k),
+            None if d.get("flags") is None else np.asarray(d["flags"], bool).reshape(n, k),  # type: ignore[arg-type]
+            None if d.get("call_ids") is None else np.asarray(d["call_ids"], dtype=object).reshape(n, k),  # type: ignore[arg-type]
             list(d.get("notes", [])),
         )
 
@@ -257,3 +279,103 @@ def clip_score(value: float) -> tuple[float, bool]:
     if value > SCORE_MAX:
         return SCORE_MAX, True
     return float(value), False
+
+
+# --- what backends return -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DraftSubBehaviour:
+    """Agent-1's raw output for one sub-behaviour, before the pipeline gives it an id.
+
+    Attributes:
+        name: Short verb phrase.
+        description: One sentence.
+        extractive: True when extracted (offline backend), False when written by a language model.
+        origin: Where the name came from (see :attr:`SubBehaviour.origin`).
+    """
+
+    name: str
+    description: str
+    extractive: bool = False
+    origin: str = ""
+
+
+@dataclass
+class BatchScores:
+    """Agent-3's reply for one batch.
+
+    Attributes:
+        ids: Instance ids the reply scored (a subset of those asked; extra ids already dropped).
+        scores: float [len(ids), K] in [0, 10] (already clipped).
+        flags: bool [len(ids), K]; True where a value was clipped.
+        call_id: The cache key of the call.
+        notes: Anything worth keeping (extra ids ignored, low digit mass, ...).
+        row_call_ids: Per-row call ids when rows came from different calls (a re-ask); empty
+            means every row came from ``call_id``.
+    """
+
+    ids: list[str]
+    scores: np.ndarray
+    flags: np.ndarray
+    call_id: str
+    notes: list[str] = field(default_factory=list)
+    row_call_ids: list[str] = field(default_factory=list)
+
+    def call_id_of_rows(self) -> list[str]:
+        """The call id of every row."""
+        return self.row_call_ids or [self.call_id] * len(self.ids)
+
+    def merged(self, other: BatchScores, note: str = "") -> BatchScores:
+        """This batch's rows followed by ``other``'s, each row keeping its own call id."""
+        return BatchScores(
+            self.ids + other.ids,
+            np.concatenate([self.scores, other.scores]),
+            np.concatenate([self.flags, other.flags]),
+            self.call_id,
+            self.notes + other.notes + ([note] if note else []),
+            self.call_id_of_rows() + other.call_id_of_rows(),
+        )
+
+
+@runtime_checkable
+class AgentBackend(Protocol):
+    """What a backend provides. ``name`` and ``model_id`` are part of every cache key.
+
+    ``signature`` holds every other setting that changes results (temperature, calibration, ...).
+    ``batch_size`` is the default number of instances per Agent-3 call and ``max_concurrency`` the
+    number of Agent-3 calls that may run at once. Every model call goes through
+    :meth:`saas.agents.cache.CallSession.call`, which caches it.
+    """
+
+    name: str
+    model_id: str
+    batch_size: int
+    max_concurrency: int
+
+    @property
+    def signature(self) -> dict[str, Any]: ...
+
+    def decompose(
+        self,
+        behaviour: Behaviour,
+        examples: Sequence[Instance],
+        pool: Sequence[Instance],
+        *,
+        seed: int,
+        session: CallSession,
+    ) -> list[DraftSubBehaviour]:
+        """Agent-1: 5 to 10 sub-behaviours (LLM backends read ``examples``; offline mines ``pool``)."""
+        ...
+
+    def rate(
+        self, behaviour: Behaviour, subs: Sequence[SubBehaviour], *, session: CallSession
+    ) -> list[ContributionResult]:
+        """Agent-2: one ContributionResult per sub-behaviour (no instances)."""
+        ...
+
+    def score_batch(
+        self, instances: Sequence[Instance], subs: Sequence[SubBehaviour], *, session: CallSession
+    ) -> BatchScores:
+        """Agent-3: s_ik for one batch of instances and the given (kept) sub-behaviours."""
+        ...
