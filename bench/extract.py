@@ -4,7 +4,8 @@ On ``--limit`` persona pairs (default 200 from ``../shared/data/persona/openness
 layers, the same read token and the same forward batch size ``--batch-size`` (texts per forward) for
 everything:
 
-(a) our extractor, ``saas.activations.extract_activations(use_cache=False)``, with the default
+(a) our extractor, ``saas.activations.extract_activations(use_cache=False, scores=False)`` (activations
+    only; bench/answer_scores.py times the answer scores on top), with the default
     strategy (``shared_prefix``) and with ``strategy="naive"``; timed end to end (tokenisation,
     forwards, hooks, numpy copies);
 (b) a bare batched forward of exactly the naive path's token batches (sorted by length, left padding,
@@ -38,11 +39,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saas.activations import _pad_id, _pad_left, base_model, extract_activations, naive_batches
+from saas.activations import extract_activations, naive_batches
 from saas.data import load_dataset, load_demo
+from saas.forward import base_model, left_positions, pad_id, pad_left
 from saas.models import load_model
 from saas.paths import set_offline_defaults
-from saas.prompts import _join, encode, prompt_text
+from saas.prompts import encode, join_answer, prompt_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "persona" / "openness.jsonl"
@@ -55,10 +57,10 @@ TARGET_AB, TARGET_AC = 0.9, 2.0
 def bare_forward(lm, batches) -> None:
     """(b): the naive path's batches through the base model, no hooks, nothing read."""
     base = base_model(lm)
-    pad = _pad_id(lm)
+    pad = pad_id(lm)
     for _chunk, seqs, _read in batches:
-        ids, mask, _ = _pad_left(seqs, pad)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, _ = pad_left(seqs, pad)
+        pos = left_positions(mask)
         base(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), position_ids=pos.to(lm.device),
              use_cache=False)
 
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run_ours(strategy: str) -> float:
         t0 = time.perf_counter()
-        acts = extract_activations(lm, insts, batch_size=bs, use_cache=False, strategy=strategy)
+        acts = extract_activations(lm, insts, batch_size=bs, use_cache=False, strategy=strategy, scores=False)
         dt = time.perf_counter() - t0
         results[strategy] = np.stack([acts.positive, acts.negative], axis=1)
         return dt
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             for inst in insts:
                 for answer in (inst.positive, inst.negative):
                     enc = encode(tok, inst.prompt, answer)
-                    texts.append(_join(tok, prompt_text(tok, inst.prompt), answer))
+                    texts.append(join_answer(tok, prompt_text(tok, inst.prompt), answer))
                     reads.append([enc.read_index, enc.ids])
             out_path = str(Path(tempfile.mkdtemp(prefix="sv-acts-")) / "acts.npy")
             job = {"model": lm.info.get("folder") or args.model, "texts": texts,
@@ -171,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         # warm-up (first-call allocations, lazy imports), not timed
         if worker is not None:
             worker.ask("warmup")
-        extract_activations(lm, insts[:4], batch_size=bs, use_cache=False)
-        extract_activations(lm, insts[:4], batch_size=bs, use_cache=False, strategy="naive")
+        extract_activations(lm, insts[:4], batch_size=bs, use_cache=False, scores=False)
+        extract_activations(lm, insts[:4], batch_size=bs, use_cache=False, strategy="naive", scores=False)
 
         times: dict[str, list[float]] = {name: [] for name in methods}
         names = list(methods)

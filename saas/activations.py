@@ -32,16 +32,31 @@ sliding-window Mistral included). The KV-cache argument is named ``cache`` in re
 repeated) falls back to the naive path with a warning. Instances whose texts share no token run
 naively.
 
+Answer scores from the same pass (``scores=True``, the default). The forwards above already run
+every position that predicts an answer token: the last prompt token (in the prefix pass) for
+one-token answers, and every answer position (prefix and continuation passes) for sentences. The
+LM head is applied to the final hidden states at exactly those positions, so the extraction also
+returns the unsteered token log-probabilities of every candidate answer
+(:attr:`ActivationSet.logprobs`, extra options of multi-option A/B items included), from which
+:func:`saas.evaluation.model_scores_from_logprobs` gives the logit-diff and conf baselines. They equal
+a separate scoring pass (:func:`saas.forward.answer_logprobs`) within float32 round-off (tested on
+sentence, Yes/No and A/B answers, on the embedded model and tiny models). Measured with
+``bench/answer_scores.py``, see there.
+
+All the forward machinery (padding, KV caches, layer capture, the LM head at chosen positions) is
+the forward engine's (:mod:`saas.forward`); this module plans the reads and owns the disk cache.
+
 Results are cached under ``cache/activations/<key>.safetensors``, where the key hashes the model
 fingerprint, every prompt and answer, the chat template, the read rule and the dtype, and not the
-strategy (both give the same numbers). Writes are atomic (temporary file + rename); a corrupted file
-is reported, deleted and recomputed.
+strategy (both give the same numbers). The answer log-probs ride in the same file (arrays
+``answer_logprobs`` and ``answer_counts``); a file written before they existed still loads, and its
+scores are computed once by a separate pass and added to it. Writes are atomic (temporary file +
+rename); a corrupted file is reported, deleted and recomputed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -49,16 +64,28 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
 from saas.data import BehaviourDataset, Instance
+from saas.forward import (
+    AnswerLogprobs,
+    SharedPrefixUnsupported,
+    answer_logprobs,
+    candidate_answers,
+    forward_read,
+    forward_read_shared,
+    separate_head_ok,
+)
 from saas.models import LoadedModel
 from saas.paths import cache_dir
 from saas.prompts import Encoded, encode, template_signature
+
+if TYPE_CHECKING:
+    from saas.forward import PromptCache
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +95,8 @@ CACHE_VERSION = "1"
 
 @dataclass
 class ActivationSet:
-    """Answer-token activations of every layer for the positive and negative texts.
+    """Answer-token activations of every layer for the positive and negative texts, and the model's
+    own answer scores from the same forward pass.
 
     Attributes:
         positive: a_i+ for every layer, float32 [N, n_layers, d]; ``positive[:, l]`` is the output of
@@ -79,6 +107,10 @@ class ActivationSet:
         key: the cache key.
         seconds: wall time of the extraction (0 when read from cache).
         from_cache: whether it was read from disk.
+        meta: strings stored with the cache file (model, dtype, strategy, ...).
+        logprobs: per instance, the unsteered token log-probabilities of every candidate answer
+            (:class:`saas.forward.AnswerLogprobs`, the numbers of :func:`saas.forward.answer_logprobs`),
+            or ``None`` when they were not computed.
     """
 
     positive: np.ndarray
@@ -89,18 +121,19 @@ class ActivationSet:
     seconds: float = 0.0
     from_cache: bool = False
     meta: dict[str, str] = field(default_factory=dict)
+    logprobs: list[AnswerLogprobs] | None = None
 
     @property
     def n(self) -> int:
-        return self.positive.shape[0]
+        return int(self.positive.shape[0])
 
     @property
     def n_layers(self) -> int:
-        return self.positive.shape[1]
+        return int(self.positive.shape[1])
 
     @property
     def d(self) -> int:
-        return self.positive.shape[2]
+        return int(self.positive.shape[2])
 
     def layer(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
         """(a+ [N, d], a- [N, d]) at one layer."""
@@ -110,13 +143,15 @@ class ActivationSet:
     def diffs(self, layer: int) -> np.ndarray:
         """Local vectors v_i = a_i+ - a_i- at one layer (Eq. 3), [N, d]."""
         self._check_layer(layer)
-        return self.positive[:, layer] - self.negative[:, layer]
+        return self.positive[:, layer] - self.negative[:, layer]  # type: ignore[no-any-return]
 
     def subset(self, indices: Sequence[int]) -> ActivationSet:
+        """The rows ``indices`` (arrays, ids and answer log-probs)."""
         idx = np.asarray(indices, dtype=int)
+        lps = None if self.logprobs is None else [self.logprobs[i] for i in idx]
         return ActivationSet(
             self.positive[idx], self.negative[idx], [self.ids[i] for i in idx],
-            self.model_fingerprint, self.key, 0.0, self.from_cache, dict(self.meta),
+            self.model_fingerprint, self.key, 0.0, self.from_cache, dict(self.meta), lps,
         )
 
     def index_of(self, ids: Sequence[str]) -> list[int]:
@@ -139,166 +174,6 @@ def cache_key(lm: LoadedModel, instances: Sequence[Instance]) -> str:
     for inst in instances:
         h.update(json.dumps([inst.prompt, inst.positive, inst.negative]).encode())
     return h.hexdigest()[:24]
-
-
-def _pad_left(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Left-pad token lists; returns ids [B, T], attention mask [B, T] and each row's pad length."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    pads = []
-    for r, s in enumerate(seqs):
-        pad = width - len(s)
-        ids[r, pad:] = torch.tensor(s, dtype=torch.long)
-        mask[r, pad:] = 1
-        pads.append(pad)
-    return ids, mask, pads
-
-
-def _pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token lists; returns ids [B, T] and attention mask [B, T]."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, s in enumerate(seqs):
-        ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[r, : len(s)] = 1
-    return ids, mask
-
-
-def base_model(lm: LoadedModel) -> torch.nn.Module:
-    """The transformer without its LM head (extraction does not need the vocabulary matmul)."""
-    return getattr(lm.model, "base_model", lm.model)
-
-
-def _pad_id(lm: LoadedModel) -> int:
-    return lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-
-
-def _cache_kwarg(module: torch.nn.Module) -> str:
-    """Name of the KV-cache argument: ``cache`` in recent transformers 5.x, ``past_key_values`` before."""
-    try:
-        params = inspect.signature(module.forward).parameters
-    except (TypeError, ValueError):  # pragma: no cover - exotic wrappers
-        return "past_key_values"
-    return "cache" if "cache" in params else "past_key_values"
-
-
-class SharedPrefixUnsupported(RuntimeError):
-    """The model cannot continue from a KV cache the way the shared-prefix strategy needs."""
-
-
-def _returned_cache(out: object) -> object:
-    cache = getattr(out, "cache", None)
-    if cache is None:
-        cache = getattr(out, "past_key_values", None)
-    if cache is None or isinstance(cache, tuple):
-        raise SharedPrefixUnsupported("the model returned no KV cache object although use_cache=True was passed")
-    return cache
-
-
-def _base_forward(lm: LoadedModel, **kwargs: object) -> object:
-    """Every extraction forward goes through here (tests count calls of this function)."""
-    return base_model(lm)(**kwargs)
-
-
-class _Capture:
-    """Forward hooks on every decoder layer that keep ``hidden[rows, cols]`` of each layer's output."""
-
-    def __init__(self, lm: LoadedModel, rows: torch.Tensor, cols: torch.Tensor) -> None:
-        self.layers = lm.layers
-        self.rows, self.cols = rows, cols
-        self.captured: list[torch.Tensor] = []
-        self.handles: list[object] = []
-
-    def _hook(self, _module: torch.nn.Module, _inp: object, out: object) -> None:
-        hidden = out[0] if isinstance(out, tuple) else out  # transformers 5.x returns a plain tensor
-        self.captured.append(hidden[self.rows, self.cols].float())
-
-    def __enter__(self) -> _Capture:
-        self.handles = [layer.register_forward_hook(self._hook) for layer in self.layers]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for h in self.handles:
-            h.remove()
-
-    def result(self) -> np.ndarray:
-        if len(self.captured) != len(self.layers):
-            raise RuntimeError(f"captured {len(self.captured)} layer outputs, expected {len(self.layers)}")
-        return torch.stack(self.captured, dim=1).cpu().numpy()
-
-
-@torch.inference_mode()
-def forward_read(lm: LoadedModel, seqs: list[list[int]], read: list[int]) -> np.ndarray:
-    """One batched forward; the output of every decoder layer at each row's read token.
-
-    Args:
-        seqs: token id lists (unpadded).
-        read: for each row, the index in its unpadded ids whose activation is read.
-
-    Returns:
-        float32 array [B, n_layers, d].
-    """
-    ids, mask, pads = _pad_left(seqs, _pad_id(lm))
-    device = lm.device
-    ids, mask = ids.to(device), mask.to(device)
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    rows = torch.arange(len(seqs), device=device)
-    cols = torch.tensor([p + r for p, r in zip(pads, read)], device=device)
-    with _Capture(lm, rows, cols) as cap:
-        _base_forward(lm, input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
-    return cap.result()
-
-
-@torch.inference_mode()
-def forward_read_shared(
-    lm: LoadedModel,
-    prefixes: list[list[int]],
-    continuations: list[list[int]],
-    read: list[int],
-) -> np.ndarray:
-    """Run each prefix once, then its continuations on the prefix's KV cache; read every layer.
-
-    Row ``i`` of the prefix batch is shared by the continuation rows ``i * k .. i * k + k - 1`` with
-    ``k = len(continuations) // len(prefixes)`` (k = 2 for a positive and a negative answer).
-
-    Args:
-        prefixes: token id lists of the shared parts (unpadded, each non-empty).
-        continuations: token id lists that follow their prefix (unpadded, each non-empty).
-        read: for each continuation, the index *within the continuation* whose activation is read.
-
-    Returns:
-        float32 array [len(continuations), n_layers, d]: the same numbers as :func:`forward_read` on
-        ``prefix + continuation`` (to float32 round-off).
-    """
-    k, rem = divmod(len(continuations), len(prefixes))
-    if rem or k < 1:
-        raise ValueError(f"{len(continuations)} continuations do not split evenly over {len(prefixes)} prefixes")
-    device = lm.device
-    pad_id = _pad_id(lm)
-    pre_ids, pre_mask, _ = _pad_left(prefixes, pad_id)
-    pre_ids, pre_mask = pre_ids.to(device), pre_mask.to(device)
-    pre_pos = (pre_mask.cumsum(-1) - 1).clamp(min=0)
-    base = base_model(lm)
-    out = _base_forward(lm, input_ids=pre_ids, attention_mask=pre_mask, position_ids=pre_pos, use_cache=True)
-    cache = _returned_cache(out)
-    del out
-    if k > 1:
-        if not hasattr(cache, "batch_repeat_interleave"):
-            raise SharedPrefixUnsupported(f"{type(cache).__name__} cannot be repeated along the batch")
-        cache.batch_repeat_interleave(k)
-    cont_ids, cont_mask = _pad_right(continuations, pad_id)
-    cont_ids, cont_mask = cont_ids.to(device), cont_mask.to(device)
-    full_mask = torch.cat([pre_mask.repeat_interleave(k, dim=0), cont_mask], dim=1)
-    start = pre_mask.sum(-1).repeat_interleave(k)  # each row's own prefix length
-    cont_pos = start[:, None] + torch.arange(cont_ids.shape[1], device=device)[None, :]
-    rows = torch.arange(len(continuations), device=device)
-    cols = torch.tensor(read, device=device)
-    with _Capture(lm, rows, cols) as cap:
-        _base_forward(lm, input_ids=cont_ids, attention_mask=full_mask, position_ids=cont_pos,
-                      use_cache=True, **{_cache_kwarg(base): cache})
-    return cap.result()
 
 
 STRATEGIES = ("shared_prefix", "naive")
@@ -337,33 +212,126 @@ def shared_split(pos: Encoded, neg: Encoded) -> int:
     across the prompt/answer boundary differently for the two answers), clipped so that both read
     tokens lie in the continuations (e.g. answers "It will" / "It will not").
     """
+    return min(_lcp(pos.ids, neg.ids), pos.read_index, neg.read_index)
+
+
+def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
     n = 0
-    for a, b in zip(pos.ids, neg.ids):
-        if a != b:
+    for x, y in zip(a, b):
+        if x != y:
             break
         n += 1
-    return min(n, pos.read_index, neg.read_index)
+    return n
 
 
-def _extract_naive(lm: LoadedModel, instances: Sequence[Instance], batch_size: int, progress: Progress | None) -> tuple[np.ndarray, np.ndarray]:
-    out = np.empty((2 * len(instances), lm.n_layers, lm.hidden_size), dtype=np.float32)
-    total = len(out)
+# --------------------------------------------------------------------------------------------
+# answer scores from the extraction pass
+
+PREFIX = -1  # score source: the shared prefix; 0 / 1: the y+ / y- text (or its continuation)
+Pick = tuple[int, int]  # (source, index into that source's target list)
+
+
+@dataclass
+class _ScorePlan:
+    """Where each scored answer token of one instance is read in the extraction forwards.
+
+    ``targets[s]`` lists the ``(column, token)`` pairs requested from source ``s`` (``PREFIX``, 0, 1;
+    columns within the prefix, resp. within the y+ / y- continuation); ``picks[c]`` gives, for
+    candidate ``c``, where each of its scored tokens' log-probabilities lands.
+    """
+
+    targets: dict[int, list[tuple[int, int]]]
+    picks: list[list[Pick]]
+
+
+def _score_plan(inst: Instance, encs: list[Encoded], split: int, tokenizer: object) -> _ScorePlan | None:
+    """Plan the answer scores of one instance on texts ``prefix = pos[:split]`` + continuations
+    ``pos[split:]``, ``neg[split:]`` (``split = 0``: two full texts).
+
+    A scored token at position ``q + 1`` of candidate ``c`` is predicted by the final hidden state at
+    ``q``, which depends only on ``c``'s tokens ``[:q + 1]`` (causal attention): it is read wherever a
+    run text has the same tokens there. Extra options of multi-option items (``"(C)"``) share the
+    prompt and ``"("`` with y+. Returns ``None`` when some position is in no run text (or the prompt
+    is empty); those instances are scored by a separate pass.
+    """
+    cands = candidate_answers(inst)
+    all_encs = encs + [encode(tokenizer, inst.prompt, a) for a in cands[2:]]
+    pos, neg = encs[0].ids, encs[1].ids
+    targets: dict[int, list[tuple[int, int]]] = {PREFIX: [], 0: [], 1: []}
+    slots: dict[tuple[int, int, int], int] = {}
+    picks: list[list[Pick]] = []
+    for e in all_encs:
+        if e.answer_start < 1:
+            return None
+        lp, ln = _lcp(e.ids, pos), _lcp(e.ids, neg)
+        mine: list[Pick] = []
+        for q in range(e.answer_start - 1, e.read_index):
+            if q + 1 <= lp:
+                src, col = (PREFIX, q) if q < split else (0, q - split)
+            elif q + 1 <= ln:
+                src, col = 1, q - split
+            else:
+                return None
+            key = (src, col, e.ids[q + 1])
+            if key not in slots:
+                slots[key] = len(targets[src])
+                targets[src].append((col, e.ids[q + 1]))
+            mine.append((src, slots[key]))
+        picks.append(mine)
+    return _ScorePlan(targets, picks)
+
+
+def _assemble(inst: Instance, plan: _ScorePlan, values: dict[int, np.ndarray]) -> AnswerLogprobs:
+    """The instance's :class:`AnswerLogprobs` from the log-probs read per source."""
+    tokens = [np.array([values[s][k] for s, k in picks], dtype=np.float64) for picks in plan.picks]
+    return AnswerLogprobs(inst.id, candidate_answers(inst), tokens)
+
+
+# --------------------------------------------------------------------------------------------
+# strategies
+
+Extracted = tuple[np.ndarray, np.ndarray, list[AnswerLogprobs | None] | None]
+
+
+def _extract_naive(lm: LoadedModel, instances: Sequence[Instance], batch_size: int, progress: Progress | None,
+                   scores: bool, encoded: list[Encoded] | None = None) -> Extracted:
+    encoded = encoded or _encode_all(lm, instances)
+    n = len(instances)
+    out = np.empty((2 * n, lm.n_layers, lm.hidden_size), dtype=np.float32)
+    plans = [_score_plan(inst, encoded[2 * i : 2 * i + 2], 0, lm.tokenizer) if scores else None
+             for i, inst in enumerate(instances)]
+    got: dict[int, np.ndarray] = {}  # text -> log-probs of its targets
+    total = 2 * n
     done = 0
-    for chunk, seqs, read in naive_batches(lm, instances, batch_size):
-        out[chunk] = forward_read(lm, seqs, read)
+    order = sorted(range(total), key=lambda k: len(encoded[k].ids))
+    for start in range(0, total, batch_size):
+        chunk = order[start : start + batch_size]
+        targets = [plans[t // 2].targets[t % 2] if plans[t // 2] is not None else [] for t in chunk]  # type: ignore[union-attr]
+        res = forward_read(lm, [encoded[t].ids for t in chunk], [encoded[t].read_index for t in chunk],
+                           targets if scores else None)
+        out[chunk] = res.acts
+        if scores:
+            for t, lp in zip(chunk, res.logprobs):
+                got[t] = lp
         done += len(chunk)
         if progress:
             progress(done, total, f"Extracting activations: {done}/{total} texts")
-    return np.ascontiguousarray(out[0::2]), np.ascontiguousarray(out[1::2])
+    lps: list[AnswerLogprobs | None] | None = None
+    if scores:
+        lps = [_assemble(inst, plan, {0: got[2 * i], 1: got[2 * i + 1]}) if plan is not None else None
+               for i, (inst, plan) in enumerate(zip(instances, plans))]
+    return np.ascontiguousarray(out[0::2]), np.ascontiguousarray(out[1::2]), lps
 
 
-def _extract_shared(lm: LoadedModel, instances: Sequence[Instance], batch_size: int, progress: Progress | None) -> tuple[np.ndarray, np.ndarray]:
+def _extract_shared(lm: LoadedModel, instances: Sequence[Instance], batch_size: int, progress: Progress | None,
+                    scores: bool) -> Extracted:
     encoded = _encode_all(lm, instances)
     n = len(instances)
     out = np.empty((2 * n, lm.n_layers, lm.hidden_size), dtype=np.float32)
     split = [shared_split(encoded[2 * i], encoded[2 * i + 1]) for i in range(n)]
     shared = [i for i in range(n) if split[i] > 0]
     lone = [i for i in range(n) if split[i] == 0]  # nothing in common (no chat template, no BOS): run naively
+    lps: list[AnswerLogprobs | None] = [None] * n
     total = 2 * n
     done = 0
     # batch_size counts texts, as in the naive path: batch_size // 2 instances per prefix pass.
@@ -372,6 +340,8 @@ def _extract_shared(lm: LoadedModel, instances: Sequence[Instance], batch_size: 
     for start in range(0, len(shared), per):
         chunk = shared[start : start + per]
         prefixes, conts, read, rows = [], [], [], []
+        plans = [_score_plan(instances[i], encoded[2 * i : 2 * i + 2], split[i], lm.tokenizer) if scores else None
+                 for i in chunk]
         for i in chunk:
             p = split[i]
             prefixes.append(encoded[2 * i].ids[:p])
@@ -379,44 +349,116 @@ def _extract_shared(lm: LoadedModel, instances: Sequence[Instance], batch_size: 
                 conts.append(encoded[t].ids[p:])
                 read.append(encoded[t].read_index - p)
                 rows.append(t)
-        out[rows] = forward_read_shared(lm, prefixes, conts, read)
+        pre_t = [plan.targets[PREFIX] if plan is not None else [] for plan in plans]
+        cont_t = [plan.targets[s] if plan is not None else [] for plan in plans for s in (0, 1)]
+        res = forward_read_shared(lm, prefixes, conts, read, cont_t if scores else None, pre_t if scores else None)
+        out[rows] = res.acts
+        if scores:
+            for k, (i, plan) in enumerate(zip(chunk, plans)):
+                if plan is not None:
+                    values = {PREFIX: res.prefix_logprobs[k], 0: res.logprobs[2 * k], 1: res.logprobs[2 * k + 1]}
+                    lps[i] = _assemble(instances[i], plan, values)
         done += len(rows)
         if progress:
             progress(done, total, f"Extracting activations: {done}/{total} texts")
-    for start in range(0, len(lone), per):
-        rows = [t for i in lone[start : start + per] for t in (2 * i, 2 * i + 1)]
-        out[rows] = forward_read(lm, [encoded[t].ids for t in rows], [encoded[t].read_index for t in rows])
-        done += len(rows)
+    if lone:
+        sub = [instances[i] for i in lone]
+        sub_enc = [e for i in lone for e in encoded[2 * i : 2 * i + 2]]
+        pos, neg, sub_lps = _extract_naive(lm, sub, batch_size, None, scores, sub_enc)
+        out[[2 * i for i in lone]], out[[2 * i + 1 for i in lone]] = pos, neg
+        if sub_lps is not None:
+            for i, lp in zip(lone, sub_lps):
+                lps[i] = lp
         if progress:
-            progress(done, total, f"Extracting activations: {done}/{total} texts")
-    return np.ascontiguousarray(out[0::2]), np.ascontiguousarray(out[1::2])
+            progress(total, total, f"Extracting activations: {total}/{total} texts")
+    return np.ascontiguousarray(out[0::2]), np.ascontiguousarray(out[1::2]), lps if scores else None
 
 
 def _extract(lm: LoadedModel, instances: Sequence[Instance], batch_size: int, progress: Progress | None,
-             strategy: str = DEFAULT_STRATEGY) -> tuple[np.ndarray, np.ndarray, str]:
-    """(positives, negatives, the strategy actually used)."""
+             strategy: str = DEFAULT_STRATEGY, scores: bool = True) -> tuple[np.ndarray, np.ndarray, list[AnswerLogprobs] | None, str]:
+    """(positives, negatives, answer log-probs or None, the strategy actually used)."""
+    wanted = scores
+    scores = scores and separate_head_ok(lm)  # else: a separate scoring pass with the full model
     if strategy == "naive":
-        return (*_extract_naive(lm, instances, batch_size, progress), "naive")
-    if strategy == "shared_prefix":
+        pos, neg, lps = _extract_naive(lm, instances, batch_size, progress, scores)
+        used = "naive"
+    elif strategy == "shared_prefix":
         try:
-            return (*_extract_shared(lm, instances, batch_size, progress), "shared_prefix")
+            pos, neg, lps = _extract_shared(lm, instances, batch_size, progress, scores)
+            used = "shared_prefix"
         except SharedPrefixUnsupported as exc:
             log.warning("shared-prefix extraction is not supported by this model (%s); using the naive path", exc)
-            return (*_extract_naive(lm, instances, batch_size, progress), "naive")
-    raise ValueError(f"unknown extraction strategy {strategy!r}; choose one of {STRATEGIES}")
+            pos, neg, lps = _extract_naive(lm, instances, batch_size, progress, scores)
+            used = "naive"
+    else:
+        raise ValueError(f"unknown extraction strategy {strategy!r}; choose one of {STRATEGIES}")
+    return pos, neg, _complete(lm, instances, lps, batch_size) if wanted else None, used
+
+
+def _complete(lm: LoadedModel, instances: Sequence[Instance], lps: Sequence[AnswerLogprobs | None] | None,
+              batch_size: int) -> list[AnswerLogprobs] | None:
+    """Fill the instances whose scores the extraction pass could not read with a separate scoring pass
+    (:func:`saas.forward.answer_logprobs`); ``None`` when an instance cannot be scored at all (e.g.
+    an empty prompt)."""
+    todo = [i for i in range(len(instances)) if lps is None or lps[i] is None]
+    done: list[AnswerLogprobs | None] = list(lps) if lps is not None else [None] * len(instances)
+    if todo:
+        try:
+            for i, lp in zip(todo, answer_logprobs(lm, [instances[i] for i in todo], batch_size=batch_size)):
+                done[i] = lp
+        except ValueError as exc:
+            log.warning("answer scores not computed (%s)", exc)
+            return None
+    return [lp for lp in done if lp is not None]
+
+
+# --------------------------------------------------------------------------------------------
+# disk cache
 
 
 def _cache_path(key: str) -> Path:
     return cache_dir("activations") / f"{key}.safetensors"
 
 
-def _read_cache(path: Path, ids: list[str], n_layers: int, d: int) -> ActivationSet | None:
+def _pack_logprobs(lps: Sequence[AnswerLogprobs]) -> dict[str, np.ndarray]:
+    """``answer_logprobs`` float64 [M] (every scored token, instance by instance, candidate by
+    candidate) and ``answer_counts`` int64 [N, A] (tokens per candidate; 0 = no such candidate)."""
+    width = max(2, max(len(lp.token_logprobs) for lp in lps))
+    counts = np.zeros((len(lps), width), dtype=np.int64)
+    for r, lp in enumerate(lps):
+        counts[r, : len(lp.token_logprobs)] = [len(t) for t in lp.token_logprobs]
+    flat = np.concatenate([t for lp in lps for t in lp.token_logprobs]).astype(np.float64)
+    return {"answer_logprobs": flat, "answer_counts": counts}
+
+
+def _unpack_logprobs(arrays: dict[str, np.ndarray], instances: Sequence[Instance]) -> list[AnswerLogprobs] | None:
+    """The inverse of :func:`_pack_logprobs`; ``None`` when the file holds none (older cache files)
+    or they do not fit the instances."""
+    if "answer_logprobs" not in arrays or "answer_counts" not in arrays:
+        return None
+    flat, counts = arrays["answer_logprobs"], arrays["answer_counts"]
+    if counts.ndim != 2 or counts.shape[0] != len(instances) or int(counts.sum()) != flat.shape[0] \
+            or not np.isfinite(flat).all():
+        return None
+    out, k = [], 0
+    for inst, row in zip(instances, counts):
+        cands = candidate_answers(inst)
+        if len(cands) > len(row) or (row[: len(cands)] <= 0).any() or row[len(cands):].any():
+            return None
+        tokens = []
+        for n in row[: len(cands)]:
+            tokens.append(flat[k : k + int(n)].copy())
+            k += int(n)
+        out.append(AnswerLogprobs(inst.id, cands, tokens))
+    return out
+
+
+def _read_cache(path: Path, instances: Sequence[Instance], n_layers: int, d: int) -> ActivationSet | None:
+    ids = [i.id for i in instances]
     if not path.is_file():
         return None
     try:
         arrays = load_file(str(path))
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="numpy") as f:
             meta = dict(f.metadata() or {})
         pos, neg = arrays["positive"], arrays["negative"]
@@ -428,17 +470,30 @@ def _read_cache(path: Path, ids: list[str], n_layers: int, d: int) -> Activation
         log.warning("activation cache file %s is unreadable (%s); recomputing", path.name, exc)
         path.unlink(missing_ok=True)
         return None
-    return ActivationSet(pos, neg, ids, meta.get("model_fingerprint", ""), path.stem, 0.0, True, meta)
+    return ActivationSet(pos, neg, ids, meta.get("model_fingerprint", ""), path.stem, 0.0, True, meta,
+                         _unpack_logprobs(arrays, instances))
 
 
 def _write_cache(path: Path, acts: ActivationSet) -> None:
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    meta = {"ids": json.dumps(acts.ids), "model_fingerprint": acts.model_fingerprint,
-            "seconds": f"{acts.seconds:.3f}", **acts.meta}
+    meta = {**acts.meta, "ids": json.dumps(acts.ids), "model_fingerprint": acts.model_fingerprint,
+            "seconds": f"{acts.seconds:.3f}"}
     # safetensors writes the raw buffer: strided views must be made contiguous first.
     arrays = {"positive": np.ascontiguousarray(acts.positive), "negative": np.ascontiguousarray(acts.negative)}
+    if acts.logprobs is not None:
+        arrays.update(_pack_logprobs(acts.logprobs))
     save_file(arrays, str(tmp), metadata=meta)
     os.replace(tmp, path)
+
+
+def cached_activations(lm: LoadedModel, data: BehaviourDataset | Sequence[Instance]) -> ActivationSet | None:
+    """The cached activations of these instances, or ``None`` (never runs the model)."""
+    instances = list(data.instances if isinstance(data, BehaviourDataset) else data)
+    return _read_cache(_cache_path(cache_key(lm, instances)), instances, lm.n_layers, lm.hidden_size)
+
+
+# --------------------------------------------------------------------------------------------
+# the entry point
 
 
 def extract_activations(
@@ -449,8 +504,11 @@ def extract_activations(
     progress: Progress | None = None,
     use_cache: bool = True,
     strategy: str = DEFAULT_STRATEGY,
+    scores: bool = True,
+    prompt_cache: PromptCache | None = None,
 ) -> ActivationSet:
-    """Answer-token activations of all layers for every instance (cached).
+    """Answer-token activations of all layers for every instance, and the model's own answer scores
+    from the same forward pass (cached).
 
     Args:
         lm: the loaded model.
@@ -462,6 +520,14 @@ def extract_activations(
         strategy: ``"shared_prefix"`` (default: the prompt runs once, both answers continue on its KV
             cache) or ``"naive"`` (two full forwards). Both give the same numbers within float32
             round-off, so the strategy is not part of the cache key.
+        scores: also return :attr:`ActivationSet.logprobs`, the unsteered token log-probabilities of
+            every candidate answer, read from the extraction forwards themselves (the LM head runs
+            only at the answer positions: the last prompt token for one-token answers, every answer
+            position for sentences). They equal :func:`saas.forward.answer_logprobs` within float32
+            round-off. A cache file written without them (older versions) still loads; the scores
+            are then computed by a separate scoring pass and added to the file.
+        prompt_cache: a :class:`saas.forward.PromptCache` of exactly these instances: read the
+            activations and scores from its prefix caches instead of running the prompts again.
 
     Returns:
         An :class:`ActivationSet` with arrays [N, n_layers, d].
@@ -472,18 +538,40 @@ def extract_activations(
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown extraction strategy {strategy!r}; choose one of {STRATEGIES}")
     ids = [i.id for i in instances]
+    if prompt_cache is not None and [i.id for i in prompt_cache.instances] != ids:
+        raise ValueError("the prompt cache holds other instances than the ones to extract")
     key = cache_key(lm, instances)
     path = _cache_path(key)
     if use_cache:
-        cached = _read_cache(path, ids, lm.n_layers, lm.hidden_size)
+        cached = _read_cache(path, instances, lm.n_layers, lm.hidden_size)
         if cached is not None:
+            if scores and cached.logprobs is None:
+                if progress:
+                    progress(0, 1, "Scoring answers (the cached activations have no answer scores yet)")
+                cached.logprobs = _score_only(lm, instances, batch_size, prompt_cache)
+                if cached.logprobs is not None:
+                    _write_cache(path, cached)
             if progress:
                 progress(1, 1, "Activations read from cache")
             return cached
     t0 = time.perf_counter()
-    pos, neg, used = _extract(lm, instances, batch_size, progress, strategy)
+    if prompt_cache is not None:
+        pos, neg = prompt_cache.activations()
+        lps = _score_only(lm, instances, batch_size, prompt_cache) if scores else None
+        used = "prompt_cache"
+    else:
+        pos, neg, lps, used = _extract(lm, instances, batch_size, progress, strategy, scores)
     acts = ActivationSet(pos, neg, ids, lm.fingerprint, key, time.perf_counter() - t0, False,
-                         {"model": lm.name, "dtype": str(lm.dtype).replace("torch.", ""), "strategy": used})
+                         {"model": lm.name, "dtype": str(lm.dtype).replace("torch.", ""), "strategy": used}, lps)
     if use_cache:
         _write_cache(path, acts)
     return acts
+
+
+def _score_only(lm: LoadedModel, instances: Sequence[Instance], batch_size: int,
+                prompt_cache: PromptCache | None) -> list[AnswerLogprobs] | None:
+    """Unsteered answer log-probs without activations: from the prompt cache when given, else a full
+    scoring pass."""
+    if prompt_cache is not None:
+        return prompt_cache.logprobs([(None, 0.0)])[0]
+    return _complete(lm, instances, None, batch_size)

@@ -70,8 +70,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
     import numpy as np
 
     from saas.activations import extract_activations
+    from saas.lengths import check_lengths
 
     lm, dataset = _load(args)
+    dataset, lengths = check_lengths(lm, dataset, max_tokens=args.max_tokens, max_prompt_tokens=args.max_prompt_tokens)
+    if lengths.truncated:
+        print(f"truncated the prompts of {lengths.truncated} pairs to their last {lengths.max_prompt_tokens} tokens",
+              file=sys.stderr)
     with tqdm_progress("extract") as progress:
         acts = extract_activations(lm, dataset, batch_size=args.batch_size, progress=progress)
     out = Path(args.out)
@@ -83,10 +88,26 @@ def cmd_extract(args: argparse.Namespace) -> int:
         "N": acts.n, "layers": acts.n_layers, "d": acts.d, "model": lm.name,
         "model_fingerprint": lm.fingerprint, "dataset": dataset.name, "dataset_hash": dataset.content_hash(),
         "answer_kind": dataset.answer_kind, "seconds": round(acts.seconds, 3), "from_cache": acts.from_cache,
-        "cache_key": acts.key,
+        "cache_key": acts.key, "lengths": lengths.to_dict(),
     }
     write_json(out / "summary.json", summary)
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    """``saas datasets``: the bundled demo behaviours and the dataset files found under --root."""
+    from saas.data import discover_datasets, list_demos
+    from saas.reproduce import SHARED_DATA
+
+    print("Bundled demo behaviours (use with --dataset):")
+    for d in list_demos():
+        print(f"  {d.spec:18s} {d.title} ({d.n} pairs, annotated)")
+    root = Path(args.root) if args.root else SHARED_DATA
+    found = discover_datasets(root) if root.is_dir() else []
+    print(f"\nDataset files under {root} ({len(found)}):" if found else f"\nNo dataset files under {root}.")
+    for path in found:
+        print(f"  {path}")
     return 0
 
 
@@ -97,9 +118,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="demo", help='"demo" or a path to a persona JSONL, CAA JSON or CSV/JSONL file')
+    p.add_argument("--dataset", default="demo",
+                   help='"demo" (optimism), "demo:politeness", "demo:caution" (see `saas datasets`), or a path to '
+                        "a persona JSONL, CAA JSON or CSV/JSONL file")
     p.add_argument("--format", default="auto", choices=["auto", "persona", "caa", "generic"])
     p.add_argument("--limit", type=int, default=None, help="use only the first N instances")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="refuse pairs whose prompt + answer is longer (default: the model's context length)")
+    p.add_argument("--max-prompt-tokens", type=int, default=None,
+                   help="truncate longer prompts to their last N tokens (default: never truncate; too long fails)")
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -107,9 +134,10 @@ def _config(args: argparse.Namespace) -> Any:
 
     return RunConfig(
         model=args.model, dataset=args.dataset, format=args.format, limit=args.limit, layer=args.layer,
-        kappa=args.kappa, axis=args.axis, temperature=args.temperature, agents=args.agents,
+        kappa=args.kappa, axis=args.axis, consistency=args.consistency, temperature=args.temperature, agents=args.agents,
         agent_model=args.agent_model, scores=args.scores, threshold=args.threshold, seed=args.seed,
         batch_size=args.batch_size, model_scores=not args.no_model_scores, device=args.device, dtype=args.dtype,
+        max_tokens=args.max_tokens, max_prompt_tokens=args.max_prompt_tokens,
     )
 
 
@@ -122,13 +150,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     with tqdm_progress("run") as progress:
         prepared = prepare(config, progress=progress, refresh_agents=args.refresh)
     result = compute(prepared)
-    out = write_run(prepared, result, args.out)
+    steer = None
+    if not args.no_steerability:
+        from saas.pipeline import run_steerability
+
+        with tqdm_progress("steerability") as progress:
+            steer = run_steerability(prepared, result, progress=progress)
+    out = write_run(prepared, result, args.out, steer=steer)
     elig = result.eligibility
     print(f"{prepared.dataset.name}: {len(prepared.dataset)} instances, train {len(prepared.train)}; layer {result.layer}")
+    if prepared.lengths is not None and prepared.lengths.truncated:
+        print(f"truncated the prompts of {prepared.lengths.truncated} pairs to their last "
+              f"{prepared.lengths.max_prompt_tokens} tokens (--max-prompt-tokens)")
     print(f"eligible {int(elig.eligible.sum())}/{len(elig.ids)} (kappa={elig.kappa}, axis={elig.axis}, D={elig.D:.3f}); "
           f"dropped: {elig.counts}")
     if elig.empty:
         print(f"warning: {elig.message}", file=sys.stderr)
+    from saas.annotations import summary_lines
+
+    written = json.loads((out / "summary.json").read_text())
+    for line in summary_lines(written.get("annotations", {})):
+        print(line)
+    st_ = written.get("steerability")
+    if st_:
+        print(f"steerability (CAA vector, layer {st_['layer']}, alpha {st_['alphas'][0]:g}..{st_['alphas'][-1]:g}): "
+              f"anti-steerable {100 * st_['anti_steerable_eligible']:.0f}% of the eligible pairs, "
+              f"{100 * st_['anti_steerable_dropped']:.0f}% of the dropped ones" if st_["n_dropped"] else
+              f"steerability (CAA vector, layer {st_['layer']}): anti-steerable {100 * st_['anti_steerable_eligible']:.0f}% "
+              "of the eligible pairs (none dropped)")
+    tokens = written.get("answer_tokens")
+    if tokens:
+        print("positive answer tokens: " + ", ".join(
+            f"{r['token']!r} {r['pairs %']:.0f}% of pairs / {r['eligible %']:.0f}% of eligible / "
+            f"{r['saas weight %']:.0f}% of the SAAS weight" for r in tokens["split"]))
+        if tokens["flagged"]:
+            print(f"warning: {tokens['message']}", file=sys.stderr)
     if prepared.agent_run is not None:
         print(prepared.agent_run.summary())
     s = result.summary
@@ -152,9 +208,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dataset = load_dataset(cfg.dataset, format=cfg.format, limit=cfg.limit)
     with tqdm_progress("model") as progress:
         lm = load_model(args.model or cfg.model, device=cfg.device, dtype=cfg.dtype, progress=progress)
+    from saas.lengths import check_lengths
+
+    dataset, _ = check_lengths(lm, dataset, max_tokens=cfg.max_tokens, max_prompt_tokens=cfg.max_prompt_tokens)
     alphas = [float(a) for a in args.alphas.split(",")]
     methods = args.methods.split(",") if args.methods else None
-    frames = [evaluate_run(bundle, lm, dataset, alphas, split=s, methods=methods) for s in args.splits.split(",")]
+    frames = [evaluate_run(bundle, lm, dataset, alphas, split=s, methods=methods, norm_matched=args.norm_matched)
+              for s in args.splits.split(",")]
     df = pd.concat(frames, ignore_index=True)
     df.to_csv(Path(args.run) / "eval.csv", index=False)
     table = df.pivot_table(index=["split", "method"], columns="alpha", values="alignment")
@@ -164,23 +224,55 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    """``saas generate``: base and steered text for a prompt, same seed."""
-    from saas.generation import generate_side_by_side
+    """``saas generate``: base and steered text for a prompt, every column in one batch."""
+    from saas.generation import PROMPTED, comparison_columns, generate_columns
     from saas.models import load_model
     from saas.pipeline import load_run
 
     bundle = load_run(args.run)
-    methods = args.method.split(",")
+    methods = [m for m in args.method.split(",") if m]
     missing = [m for m in methods if m not in bundle.vectors]
     if missing:
         raise FileNotFoundError(f"run {args.run} has no vector for {missing}; it has {sorted(bundle.vectors)}")
+    system = None
+    if args.prompted:
+        from saas.data import load_dataset
+        from saas.prompts import prompted_system_prompt
+
+        cfg = bundle.config
+        system = prompted_system_prompt(load_dataset(cfg.dataset, format=cfg.format, limit=cfg.limit))
     lm = load_model(args.model or bundle.config.model)
     vectors = {"base": None} | {m: bundle.vectors[m] for m in methods}
-    texts = generate_side_by_side(lm, args.prompt, vectors, args.alpha, max_new_tokens=args.max_new_tokens,
-                                  do_sample=args.sample, seed=args.seed)
-    for name, text in texts.items():
-        label = name if name == "base" else f"{name} (alpha={args.alpha:g})"
-        print(f"=== {label}\n{text.strip()}\n")
+    columns = comparison_columns(vectors, args.alpha, system=system, prompted_with=methods if args.prompted else ())
+    texts = generate_columns(lm, args.prompt, columns, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+                             seed=args.seed, positions=args.positions)
+    if system is not None:
+        print(f"[{PROMPTED} columns: system prompt \"{system}\"]\n")
+    for col in columns:
+        label = col.name if col.vector is None else f"{col.name} (alpha={args.alpha:g})"
+        print(f"=== {label}\n{texts[col.name].strip()}\n")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``saas export``: a run's vectors as llama.cpp GGUF control vectors or safetensors + JSON."""
+    from saas.export import ExportError, export_run_vectors
+    from saas.pipeline import load_run
+
+    bundle = load_run(args.run)
+    methods = [m for m in args.method.split(",") if m]
+    try:
+        written = export_run_vectors(bundle.vectors, methods, args.format, args.out, model_hint=args.model_hint,
+                                     run=str(args.run))
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for method, path in written.items():
+        vec = bundle.vectors[method]
+        print(f"{method}: layer(s) {vec.layers}, norm {vec.norm():.4g} -> {path}")
+    if args.format == "gguf":
+        print("llama.cpp: llama-cli -m MODEL.gguf --control-vector-scaled FILE:ALPHA (steers every position, "
+              "i.e. positions='all'); our layer l is direction.l")
     return 0
 
 
@@ -220,6 +312,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         layers=parse_layers(args.layers), alphas=[float(a) for a in args.alphas.split(",")] if args.alphas else None,
         bipo=not args.no_bipo, bipo_epochs=args.bipo_epochs, bipo_lr=args.bipo_lr, mmlu=args.mmlu,
         batch_size=args.batch_size, device=args.device, dtype=args.dtype, threads=args.threads,
+        consistency=args.consistency, norm_matched=False if args.no_norm_matched else None,
         out=args.out or ("results/quick" if args.quick else f"results/reproduce-{time.strftime('%Y%m%d-%H%M%S')}"),
     )
     if args.quick:
@@ -233,13 +326,16 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _add_method_commands(sub: Any) -> None:
-    """``run``, ``eval``, ``generate`` and ``agents``."""
+    """``run``, ``eval``, ``generate``, ``export``, ``agents`` and ``reproduce``."""
     p = sub.add_parser("run", help="the SAAS method and every baseline on one layer; writes vectors and tables")
     _add_model_args(p)
     _add_data_args(p)
     p.add_argument("--layer", type=int, default=None, help="decoder layer (default: the middle one)")
     p.add_argument("--kappa", type=float, default=0.5, help="separability cutoff: gap >= kappa * D")
     p.add_argument("--axis", default="fisher", choices=["fisher", "mean_diff"])
+    p.add_argument("--consistency", default="mean", choices=["mean", "polarity-balanced"],
+                   help="consistency reference: the mean local vector (the method), or for Yes/No and A/B answers "
+                        "the mean over positive-answer tokens of their mean local vector")
     p.add_argument("--temperature", type=float, default=None, help="softmax temperature t (default: spread of the scores)")
     p.add_argument("--scores", default=None, help="a scores CSV (id,score or id + one column per sub-behaviour) instead of agents")
     p.add_argument("--agents", default="offline", choices=["auto", "offline", "anthropic", "local", "none"])
@@ -248,6 +344,8 @@ def _add_method_commands(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the 7:2:1 split and of Agent-1's examples")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--no-model-scores", action="store_true", help="skip the logit-diff / conf baselines")
+    p.add_argument("--no-steerability", action="store_true",
+                   help="skip the per-pair steerability diagnostic (slope of each pair's log-ratio under the CAA vector)")
     p.add_argument("--refresh", action="store_true", help="make new agent calls even when cached")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_run)
@@ -258,6 +356,8 @@ def _add_method_commands(sub: Any) -> None:
     p.add_argument("--splits", default="test", help="comma-separated: test, val, train")
     p.add_argument("--methods", default=None, help="comma-separated subset (default: all in the run)")
     p.add_argument("--model", default=None, help="override the run's model")
+    p.add_argument("--norm-matched", action="store_true",
+                   help="rescale every vector to the CAA vector's norm at the same layer before steering")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("generate", help="base and steered generations for a prompt")
@@ -269,7 +369,22 @@ def _add_method_commands(sub: Any) -> None:
     p.add_argument("--sample", action="store_true", help="seeded sampling instead of greedy")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default=None)
+    p.add_argument("--prompted", action="store_true",
+                   help="add a 'prompted' column (the behaviour asked for in a system prompt built from the behaviour "
+                        "card, no vector) and 'prompted+<method>' columns")
+    p.add_argument("--positions", default="generated", choices=["generated", "all"],
+                   help="steer the last prompt token and the new tokens (generated), or every position like llama.cpp (all)")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("export", help="export a run's vectors as llama.cpp GGUF control vectors or safetensors")
+    p.add_argument("--run", required=True, help="a folder written by `saas run`")
+    p.add_argument("--method", default="saas", help="one or more methods, comma-separated")
+    p.add_argument("--format", default="gguf", choices=["gguf", "safetensors"])
+    p.add_argument("--out", required=True,
+                   help="one method: the file (suffix added when missing; an existing folder gets <method>.<ext>); "
+                        "several methods: a folder, one <method>.<ext> per method")
+    p.add_argument("--model-hint", default="llama", help="GGUF controlvector.model_hint (the model architecture)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("agents", help="run the three agents on a dataset; writes subbehaviours.json + relevance.csv")
     _add_data_args(p)
@@ -298,6 +413,10 @@ def _add_method_commands(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", default=None, help="output folder (default results/reproduce-<time>, results/quick with --quick)")
     p.add_argument("--render-only", action="store_true", help="rebuild the tables and plots of a finished --out run (no model)")
+    p.add_argument("--consistency", default=None, choices=["mean", "polarity-balanced"],
+                   help="consistency reference of the eligibility test (default: mean, the method)")
+    p.add_argument("--no-norm-matched", action="store_true",
+                   help="skip the norm-matched table (every vector rescaled to CAA's norm)")
     p.set_defaults(func=cmd_reproduce)
 
 
@@ -315,6 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("datasets", help="list the bundled demo behaviours and the dataset files beside the checkout")
+    p.add_argument("--root", default=None, help="folder to search (default: ../shared/data)")
+    p.set_defaults(func=cmd_datasets)
 
     _add_method_commands(sub)
     return parser

@@ -8,6 +8,12 @@ The method (DESIGN.md section 1) keeps an instance i only if it is
   mean-difference direction;
 - *consistent*: cos(v_i, vbar) > 0, with v_i = a_i+ - a_i- and vbar the mean of ALL v_i.
 
+Option (DESIGN.md section 5, not the method's default): ``consistency="polarity-balanced"`` for
+token answers. The reference direction is then the mean over positive-answer tokens t of
+vbar_t = mean of v_i over the pairs whose positive answer is t, so that a training split that holds
+51 % "Yes" positives does not make the answer token's identity (v_i ~ +-(a(Yes) - a(No))) the
+reference. With one token this equals the default.
+
 The work is split so that a kappa slider never redoes the solve:
 
 - :func:`project` (expensive: one (2N)x(2N) solve) returns a :class:`Projection`;
@@ -58,8 +64,10 @@ if TYPE_CHECKING:
 
 Axis = Literal["fisher", "mean_diff"]
 Shrinkage = Literal["ledoit-wolf"] | float
+Consistency = Literal["mean", "polarity-balanced"]
 
 AXES: tuple[str, ...] = ("fisher", "mean_diff")
+CONSISTENCIES: tuple[str, ...] = ("mean", "polarity-balanced")
 LEDOIT_WOLF = "ledoit-wolf"
 RIDGE = "ridge"
 NO_SHRINKAGE = "none"
@@ -96,7 +104,10 @@ class Projection:
         shrinkage: The Ledoit-Wolf coefficient rho or the ridge lambda actually used (0.0 for the
             mean-difference axis).
         shrinkage_method: ``"ledoit-wolf"``, ``"ridge"`` or ``"none"`` (mean-difference axis).
-        cosine: [N] cos(v_i, vbar), vbar = mean of all v_i; 0.0 where v_i = 0.
+        cosine: [N] cos(v_i, r) with the consistency reference r (vbar = mean of all v_i by
+            default); 0.0 where v_i = 0.
+        consistency: ``"mean"`` (the method) or ``"polarity-balanced"`` (r = mean over
+            positive-answer tokens of their mean v_i).
     """
 
     axis: str
@@ -107,6 +118,7 @@ class Projection:
     shrinkage: float
     shrinkage_method: str
     cosine: np.ndarray
+    consistency: str = "mean"
 
     @property
     def gap(self) -> np.ndarray:
@@ -127,6 +139,7 @@ class Projection:
             "shrinkage": self.shrinkage,
             "shrinkage_method": self.shrinkage_method,
             "cosine": self.cosine.tolist(),
+            "consistency": self.consistency,
         }
 
     @classmethod
@@ -141,6 +154,7 @@ class Projection:
             shrinkage=float(d["shrinkage"]),
             shrinkage_method=str(d["shrinkage_method"]),
             cosine=np.asarray(d["cosine"], dtype=np.float64),
+            consistency=str(d.get("consistency", "mean")),
         )
 
 
@@ -368,11 +382,43 @@ def _cosines(diffs: np.ndarray, vbar: np.ndarray) -> np.ndarray:
     return np.clip(out, -1.0, 1.0)
 
 
+def consistency_reference(
+    diffs: np.ndarray, consistency: Consistency = "mean", groups: Sequence[str] | None = None
+) -> np.ndarray:
+    """The direction the consistency test compares every local vector with.
+
+    Args:
+        diffs: [N, d] local vectors v_i.
+        consistency: ``"mean"``: vbar = mean_i v_i (the method); ``"polarity-balanced"``:
+            (1/T) sum_t vbar_t with vbar_t the mean of v_i over the pairs whose positive answer is
+            token t (``groups[i]``).
+        groups: [N] positive-answer token of each pair (needed for ``"polarity-balanced"``).
+
+    Returns:
+        [d] float64 reference direction.
+    """
+    if consistency not in CONSISTENCIES:
+        raise EligibilityError(f"unknown consistency {consistency!r}: use one of {CONSISTENCIES}")
+    if consistency == "mean":
+        return np.asarray(diffs.mean(axis=0, dtype=np.float64))
+    if groups is None or len(groups) != diffs.shape[0]:
+        raise EligibilityError(
+            "polarity-balanced consistency needs the positive answer token of every pair (token answers "
+            "such as Yes/No or (A)/(B)); got none" if groups is None else
+            f"got {len(groups)} positive-answer tokens for {diffs.shape[0]} pairs"
+        )
+    g = np.asarray([str(x) for x in groups])
+    means = [diffs[g == t].mean(axis=0, dtype=np.float64) for t in sorted(set(g.tolist()))]
+    return np.asarray(np.mean(means, axis=0))
+
+
 def project(
     pos: np.ndarray,
     neg: np.ndarray,
     axis: Axis = "fisher",
     shrinkage: Shrinkage = "ledoit-wolf",
+    consistency: Consistency = "mean",
+    groups: Sequence[str] | None = None,
 ) -> Projection:
     """Project both sides of every instance on the chosen axis (the expensive stage).
 
@@ -383,6 +429,8 @@ def project(
             (w = (mu+ - mu-) / ||mu+ - mu-||).
         shrinkage: For the Fisher axis: ``"ledoit-wolf"`` or a ridge lambda (float). Ignored for
             the mean-difference axis.
+        consistency: The reference of the consistency test (:func:`consistency_reference`).
+        groups: [N] positive-answer tokens, for ``consistency="polarity-balanced"``.
 
     Returns:
         A :class:`Projection` with p_i = w . a_i+, n_i = w . a_i-, D = mean(p) - mean(n) and
@@ -411,6 +459,9 @@ def project(
             f"mean separation D = {big_d:.3g} <= 0 on the {axis} axis: the classes do not separate along it"
         )
     diffs = pos - neg
+    ref = m if consistency == "mean" else consistency_reference(diffs, consistency, groups)
+    if consistency != "mean" and float(ref @ ref) <= _ZERO_RATIO * _second_moment(pos, neg):
+        raise EligibilityError("the polarity-balanced reference direction is zero: the per-token means cancel")
     return Projection(
         axis=axis,
         direction=w,
@@ -419,7 +470,8 @@ def project(
         D=big_d,
         shrinkage=float(used),
         shrinkage_method=method,
-        cosine=_cosines(diffs, m),
+        cosine=_cosines(diffs, ref),
+        consistency=consistency,
     )
 
 
@@ -472,6 +524,7 @@ class EligibilityResult:
     counts: dict[str, int] = field(default_factory=dict)
     empty: bool = False
     message: str = ""
+    consistency: str = "mean"
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -491,9 +544,10 @@ class EligibilityResult:
                 ax = f"Fisher axis (ridge lambda {self.shrinkage:.3g})"
         else:
             ax = "mean-difference axis"
+        ref = "mean v" if self.consistency == "mean" else "mean over positive-answer tokens of their mean v"
         return (
             f"eligible iff p_i - n_i >= kappa*D = {self.kappa:g} x {self.D:.4g} = "
-            f"{self.cutoff:.4g} on the {ax}, and cos(v_i, mean v) > 0"
+            f"{self.cutoff:.4g} on the {ax}, and cos(v_i, {ref}) > 0"
         )
 
     def to_frame(self) -> pd.DataFrame:
@@ -535,6 +589,7 @@ class EligibilityResult:
             "counts": dict(self.counts),
             "empty": self.empty,
             "message": self.message,
+            "consistency": self.consistency,
         }
 
     @classmethod
@@ -559,6 +614,7 @@ class EligibilityResult:
             counts={k: int(v) for k, v in d["counts"].items()},
             empty=bool(d["empty"]),
             message=str(d["message"]),
+            consistency=str(d.get("consistency", "mean")),
         )
 
 
@@ -646,6 +702,7 @@ def apply_cutoff(
         counts=counts,
         empty=empty,
         message=message,
+        consistency=projection.consistency,
     )
 
 
@@ -656,6 +713,8 @@ def eligibility(
     kappa: float = 0.5,
     axis: Axis = "fisher",
     shrinkage: Shrinkage = "ledoit-wolf",
+    consistency: Consistency = "mean",
+    groups: Sequence[str] | None = None,
 ) -> EligibilityResult:
     """:func:`project` followed by :func:`apply_cutoff`.
 
@@ -666,8 +725,10 @@ def eligibility(
         kappa: Cutoff factor, separable iff p_i - n_i >= kappa * D.
         axis: ``"fisher"`` or ``"mean_diff"``.
         shrinkage: ``"ledoit-wolf"`` or a ridge lambda (Fisher axis only).
+        consistency, groups: see :func:`project`.
 
     Returns:
         The :class:`EligibilityResult`.
     """
-    return apply_cutoff(project(pos, neg, axis=axis, shrinkage=shrinkage), kappa=kappa, ids=ids)
+    projection = project(pos, neg, axis=axis, shrinkage=shrinkage, consistency=consistency, groups=groups)
+    return apply_cutoff(projection, kappa=kappa, ids=ids)

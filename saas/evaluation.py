@@ -17,13 +17,17 @@ A/B label ``"(A)"`` that is ``"("`` then ``"A"`` (the closing parenthesis carrie
 
 Steering during evaluation covers the last prompt token and every answer token, the same
 positions the default generation mode steers (:mod:`saas.steering`), in one batched forward.
+
+The log-probabilities come from the forward engine (:mod:`saas.forward`): :func:`answer_logprobs`
+(full forwards, re-exported here) or, when a ``prompt_cache`` is passed to :func:`alignments`,
+:func:`alignment` or a sweep, a :class:`saas.forward.PromptCache` that runs only the last prompt
+token and the answer tokens per steering condition (same numbers, several times faster).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,12 +35,30 @@ import numpy as np
 import pandas as pd
 import torch
 
-from saas.activations import ActivationSet, _pad_left
+from saas import baselines
+from saas.activations import ActivationSet
 from saas.data import BehaviourDataset, Instance
+from saas.forward import (
+    AnswerLogprobs,
+    Condition,
+    PromptCache,
+    answer_logprobs,
+    candidate_answers,
+    left_positions,
+    pad_id,
+    pad_left,
+)
 from saas.models import LoadedModel
-from saas.prompts import encode, is_label
+from saas.prompts import is_label
 from saas.steering import Positions, SteeringVector
 from saas.weighting import softmax_weights, weighted_vector
+
+__all__ = [
+    "ANSWER_KINDS", "NEUTRAL_TEXTS", "SINGLE_TOKEN_KINDS", "AlignmentResult", "AnswerLogprobs", "alignment",
+    "alignment_from_logprobs", "alignments", "alpha_sweep", "answer_logprobs", "best_layer", "best_temperature",
+    "candidate_answers", "infer_answer_kind", "instance_scores", "layer_sweep", "model_scores",
+    "model_scores_from_logprobs", "neutral_kl", "split_indices", "temperature_sweep",
+]
 
 Progress = Callable[[int, int, str], None]
 SINGLE_TOKEN_KINDS = ("ab", "yesno")
@@ -53,124 +75,6 @@ NEUTRAL_TEXTS: tuple[str, ...] = (
     "The train from the city centre to the airport leaves every twenty minutes and takes half an hour.",
 )
 """Built-in neutral sentences for :func:`neutral_kl` (no behaviour, no data file needed)."""
-
-
-# --------------------------------------------------------------------------------------------
-# answer log-probabilities
-
-
-@dataclass
-class AnswerLogprobs:
-    """Token log-probabilities of each candidate answer of one instance given its prompt.
-
-    Attributes:
-        id: The instance id.
-        answers: ``[y+, y-, *other options]`` (other options only for multi-option A/B items).
-        token_logprobs: Per answer, float64 [n_tokens]: ``log p(token | prompt, earlier tokens)``
-            for the answer's scored tokens (first answer token up to and including the read token).
-    """
-
-    id: str
-    answers: list[str]
-    token_logprobs: list[np.ndarray]
-
-    @property
-    def sums(self) -> np.ndarray:
-        """log P(answer | prompt) per answer, [A]."""
-        return np.array([float(t.sum()) for t in self.token_logprobs])
-
-    @property
-    def means(self) -> np.ndarray:
-        """Mean token log-probability per answer, [A]."""
-        return np.array([float(t.mean()) for t in self.token_logprobs])
-
-
-def candidate_answers(inst: Instance) -> list[str]:
-    """``[y+, y-]`` followed by any other options offered in the prompt (multi-option items)."""
-    seen = {inst.positive.strip(), inst.negative.strip()}
-    extra = [o for o in inst.options if o.strip() not in seen]
-    return [inst.positive, inst.negative, *extra]
-
-
-def _accepts_logits_to_keep(model: Any) -> bool:
-    import inspect
-
-    try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _steer(vector: SteeringVector | None, lm: LoadedModel, alpha: float, positions: Positions) -> Any:
-    return nullcontext() if vector is None else vector.apply(lm, alpha, positions)
-
-
-@torch.inference_mode()
-def answer_logprobs(
-    lm: LoadedModel,
-    instances: Sequence[Instance] | BehaviourDataset,
-    *,
-    vector: SteeringVector | None = None,
-    alpha: float = 0.0,
-    batch_size: int = 16,
-    progress: Progress | None = None,
-) -> list[AnswerLogprobs]:
-    """Log-probabilities of every candidate answer of every instance, optionally under steering.
-
-    Every ``prompt || answer`` text is one row; rows are sorted by length, left-padded and run in
-    batches of ``batch_size`` (one forward with the LM head per batch, logits kept only for the
-    answer positions). Steering, when given, covers positions from the last prompt token onward
-    (a per-row start tensor, see :mod:`saas.steering`).
-
-    Returns:
-        One :class:`AnswerLogprobs` per instance, in input order.
-    """
-    items = list(instances.instances if isinstance(instances, BehaviourDataset) else instances)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    tok = lm.tokenizer
-    rows: list[tuple[int, int, list[int], int, int]] = []  # (instance, answer, ids, first scored, last scored)
-    answers: list[list[str]] = []
-    for i, inst in enumerate(items):
-        cands = candidate_answers(inst)
-        answers.append(cands)
-        for a, text in enumerate(cands):
-            enc = encode(tok, inst.prompt, text)
-            if enc.answer_start < 1:
-                raise ValueError(f"instance {inst.id!r}: empty prompt, no position predicts the answer")
-            rows.append((i, a, enc.ids, enc.answer_start, enc.read_index))
-    out: list[list[np.ndarray | None]] = [[None] * len(c) for c in answers]
-    order = sorted(range(len(rows)), key=lambda k: len(rows[k][2]))
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    keep_ok = _accepts_logits_to_keep(lm.model)
-    device = lm.device
-    total = len(order)
-    for b0 in range(0, total, batch_size):
-        chunk = [rows[k] for k in order[b0 : b0 + batch_size]]
-        ids, mask, pads = _pad_left([r[2] for r in chunk], pad_id)
-        width = ids.shape[1]
-        ids, mask = ids.to(device), mask.to(device)
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        # Column of each row's last prompt token (padded coordinates): steering starts there.
-        start = torch.tensor([p + r[3] - 1 for p, r in zip(pads, chunk)], dtype=torch.long)
-        first_col = int(start.min())
-        kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids, "use_cache": False}
-        offset = 0
-        if keep_ok:
-            kwargs["logits_to_keep"] = width - first_col
-            offset = first_col
-        with _steer(vector, lm, alpha, start):
-            logits = lm.model(**kwargs).logits
-        for r, (pad, row) in enumerate(zip(pads, chunk)):
-            i, a, seq, first, last = row
-            targets = torch.tensor(seq[first : last + 1], device=logits.device)
-            cols = torch.arange(pad + first - 1, pad + last, device=logits.device) - offset
-            logp = torch.log_softmax(logits[r, cols].float(), dim=-1)
-            out[i][a] = logp.gather(-1, targets[:, None])[:, 0].double().cpu().numpy()
-        if progress:
-            done = min(b0 + batch_size, total)
-            progress(done, total, f"Scoring answers: {done}/{total} texts")
-    return [AnswerLogprobs(inst.id, answers[i], [t for t in out[i] if t is not None]) for i, inst in enumerate(items)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,6 +180,54 @@ def alignment_from_logprobs(lps: Sequence[AnswerLogprobs], answer_kind: str, alp
     return AlignmentResult([lp.id for lp in lps], prob, mass, answer_kind, float(alpha), method)
 
 
+def _cache_indices(prompt_cache: PromptCache, items: Sequence[Instance]) -> list[int] | None:
+    """Where ``items`` sit in ``prompt_cache`` (``None``: all of them, in order)."""
+    ids = [i.id for i in items]
+    if ids == [i.id for i in prompt_cache.instances]:
+        return None
+    if not prompt_cache.keep:
+        raise ValueError("a prompt cache built with keep=False can only score all of its instances, in order")
+    return prompt_cache.index_of(ids)
+
+
+def alignments(
+    lm: LoadedModel,
+    data: BehaviourDataset | Sequence[Instance],
+    answer_kind: str | None,
+    conditions: Sequence[Condition],
+    *,
+    batch_size: int = 16,
+    prompt_cache: PromptCache | None = None,
+    progress: Progress | None = None,
+) -> list[AlignmentResult]:
+    """Behaviour alignment of the same instances under several steering conditions.
+
+    Args:
+        data: a dataset (its ``answer_kind`` is used unless one is given) or instances.
+        answer_kind: ``"ab"``, ``"yesno"`` or ``"sentence"``; inferred from the answers if omitted.
+        conditions: ``(vector, alpha)`` pairs; ``(None, 0.0)`` is the base model.
+        prompt_cache: a :class:`saas.forward.PromptCache` holding these instances (by id): every
+            condition then runs only the last prompt token and the answer tokens on the cached
+            prompts (the same numbers to float32 round-off, several times faster). Without it each
+            condition is one :func:`answer_logprobs` pass of full forwards.
+
+    Returns:
+        One :class:`AlignmentResult` per condition, in order.
+    """
+    items, kind = _resolve(data, answer_kind)
+    conds = list(conditions)
+    if prompt_cache is not None:
+        per = prompt_cache.logprobs(conds, _cache_indices(prompt_cache, items), progress=progress)
+    else:
+        per = []
+        for k, (vec, alpha) in enumerate(conds):
+            per.append(answer_logprobs(lm, items, vector=vec if alpha != 0 else None, alpha=alpha, batch_size=batch_size))
+            if progress:
+                progress(k + 1, len(conds), f"Scored condition {k + 1}/{len(conds)}")
+    return [alignment_from_logprobs(lps, kind, alpha, vec.method if vec is not None else "")
+            for lps, (vec, alpha) in zip(per, conds)]
+
+
 def alignment(
     lm: LoadedModel,
     data: BehaviourDataset | Sequence[Instance],
@@ -285,6 +237,7 @@ def alignment(
     alpha: float = 0.0,
     batch_size: int = 16,
     progress: Progress | None = None,
+    prompt_cache: PromptCache | None = None,
 ) -> AlignmentResult:
     """Behaviour alignment probability of held-out instances under steering with ``alpha``.
 
@@ -292,10 +245,19 @@ def alignment(
         data: a dataset (its ``answer_kind`` is used unless one is given) or instances.
         answer_kind: ``"ab"``, ``"yesno"`` or ``"sentence"``; inferred from the answers if omitted.
         vector, alpha: the steering vector and multiplier (``None``: the base model).
+        prompt_cache: optional :class:`saas.forward.PromptCache` of these instances (see :func:`alignments`).
     """
     items, kind = _resolve(data, answer_kind)
+    if prompt_cache is not None:
+        return alignments(lm, items, kind, [(vector, alpha)], prompt_cache=prompt_cache)[0]
     lps = answer_logprobs(lm, items, vector=vector, alpha=alpha, batch_size=batch_size, progress=progress)
     return alignment_from_logprobs(lps, kind, alpha, vector.method if vector is not None else "")
+
+
+def model_scores_from_logprobs(lps: Sequence[AnswerLogprobs], answer_kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(logit_diff [N], conf [N])`` from unsteered answer log-probs (see :func:`model_scores`); no model call."""
+    scores = [instance_scores(lp, answer_kind) for lp in lps]
+    return np.array([s[2] for s in scores], dtype=np.float64), np.array([s[0] for s in scores], dtype=np.float64)
 
 
 def model_scores(
@@ -307,6 +269,9 @@ def model_scores(
     progress: Progress | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The model's own (unsteered) preference per instance, for the logit-diff and conf baselines.
+
+    :func:`saas.activations.extract_activations` returns the same numbers from its own forward
+    pass (:attr:`saas.activations.ActivationSet.logprobs`); this function runs a separate pass.
 
     Returns:
         ``(logit_diff [N], conf [N])``:
@@ -320,9 +285,7 @@ def model_scores(
           ``sigmoid(logit_diff)``.
     """
     items, kind = _resolve(data, answer_kind)
-    lps = answer_logprobs(lm, items, batch_size=batch_size, progress=progress)
-    scores = [instance_scores(lp, kind) for lp in lps]
-    return np.array([s[2] for s in scores]), np.array([s[0] for s in scores])
+    return model_scores_from_logprobs(answer_logprobs(lm, items, batch_size=batch_size, progress=progress), kind)
 
 
 # --------------------------------------------------------------------------------------------
@@ -360,6 +323,10 @@ def split_indices(n: int, seed: int, ratios: Sequence[float] = (0.7, 0.2, 0.1)) 
 # sweeps
 
 
+def _mass(res: AlignmentResult) -> float:
+    return res.mass_mean if res.mass_mean is not None else float("nan")
+
+
 def alpha_sweep(
     lm: LoadedModel,
     data: BehaviourDataset | Sequence[Instance],
@@ -369,9 +336,13 @@ def alpha_sweep(
     *,
     batch_size: int = 16,
     progress: Progress | None = None,
+    prompt_cache: PromptCache | None = None,
 ) -> pd.DataFrame:
     """Alignment of every method at every alpha. Alpha 0 is the unsteered model for every method
     (bit-identical by construction), so it is evaluated once and shared.
+
+    Args:
+        prompt_cache: optional :class:`saas.forward.PromptCache` of ``data`` (see :func:`alignments`).
 
     Returns:
         Columns ``method, alpha, alignment, mass, n`` (``mass`` NaN for sentences), one row per
@@ -379,29 +350,24 @@ def alpha_sweep(
     """
     items, kind = _resolve(data, answer_kind)
     alphas = [float(a) for a in alphas]
-    runs = (1 if 0.0 in alphas else 0) + len(vectors) * sum(a != 0.0 for a in alphas)
-    done = 0
-    base: AlignmentResult | None = None
-    rows = []
-
-    def tick(message: str) -> None:
-        nonlocal done
-        done += 1
-        if progress:
-            progress(done, runs, message)
-
+    conds: list[Condition] = [(None, 0.0)] if 0.0 in alphas else []
+    keys: list[tuple[str, float]] = []
     for method, vec in vectors.items():
         for alpha in alphas:
-            if alpha == 0.0:
-                if base is None:
-                    base = alignment(lm, items, kind, batch_size=batch_size)
-                    tick("alpha 0 (unsteered)")
-                res = base
-            else:
-                res = alignment(lm, items, kind, vector=vec, alpha=alpha, batch_size=batch_size)
-                tick(f"{method} at alpha {alpha:+g}")
-            rows.append({"method": method, "alpha": alpha, "alignment": res.mean,
-                         "mass": res.mass_mean if res.mass_mean is not None else np.nan, "n": len(items)})
+            if alpha != 0.0:
+                conds.append((vec, alpha))
+                keys.append((method, alpha))
+    labels = (["alpha 0 (unsteered)"] if 0.0 in alphas else []) + [f"{m} at alpha {a:+g}" for m, a in keys]
+    tick = None if progress is None else (lambda d, t, _m: progress(d, t, labels[d - 1] if prompt_cache is None else _m))
+    res = alignments(lm, items, kind, conds, batch_size=batch_size, prompt_cache=prompt_cache, progress=tick)
+    base = res[0] if 0.0 in alphas else None
+    steered = dict(zip(keys, res[1:] if base is not None else res))
+    rows = []
+    for method in vectors:
+        for alpha in alphas:
+            r = base if alpha == 0.0 else steered[(method, alpha)]
+            assert r is not None
+            rows.append({"method": method, "alpha": alpha, "alignment": r.mean, "mass": _mass(r), "n": len(items)})
     return pd.DataFrame(rows, columns=["method", "alpha", "alignment", "mass", "n"])
 
 
@@ -411,13 +377,6 @@ def _score_column(df: pd.DataFrame, key: str) -> pd.DataFrame:
     piv = df.pivot_table(index=key, columns="alpha", values="alignment")
     score = piv[hi] - piv[lo] if hi != lo else piv[hi] * 0.0
     return df.assign(score=df[key].map(score))
-
-
-def caa_vector(diffs: np.ndarray) -> np.ndarray:
-    """Mean difference (Eq. 1) of local vectors [N, d] -> [d]."""
-    if diffs.ndim != 2 or diffs.shape[0] == 0:
-        raise ValueError(f"need local vectors [N > 0, d], got shape {diffs.shape}")
-    return diffs.astype(np.float64).mean(axis=0).astype(np.float32)
 
 
 def layer_sweep(
@@ -431,12 +390,18 @@ def layer_sweep(
     progress: Progress | None = None,
     *,
     batch_size: int = 16,
+    prompt_cache: PromptCache | None = None,
 ) -> pd.DataFrame:
     """Steer with a CAA vector at each layer and measure alignment on the validation instances.
 
     The vector of layer ``l`` is the mean of the cached training local vectors
-    ``acts.diffs(l)[train_idx]``: no new extraction. ``score`` = alignment at the largest alpha -
-    alignment at the smallest (default +1 vs -1); :func:`best_layer` picks its maximum.
+    ``acts.diffs(l)[train_idx]`` (:func:`saas.baselines.caa`): no new extraction. ``score`` =
+    alignment at the largest alpha - alignment at the smallest (default +1 vs -1); :func:`best_layer`
+    picks its maximum.
+
+    Args:
+        prompt_cache: optional :class:`saas.forward.PromptCache` holding the validation instances:
+            every (layer, alpha) condition is then scored on the cached prompts (see :func:`alignments`).
 
     Raises:
         ValueError: a validation instance is also among the training indices.
@@ -449,18 +414,19 @@ def layer_sweep(
     overlap = {acts.ids[i] for i in train} & {inst.id for inst in items}
     if overlap:
         raise ValueError(f"{len(overlap)} validation instances are in the training indices, e.g. {sorted(overlap)[:3]}")
-    total = len(layers) * len(alphas)
-    rows, done = [], 0
+    conds: list[Condition] = []
+    keys: list[tuple[int, float]] = []
     for layer in layers:
-        vec = SteeringVector.from_array(caa_vector(acts.diffs(layer)[train]), layer, "CAA",
+        vec = SteeringVector.from_array(baselines.caa(acts.diffs(layer)[train]).astype(np.float32), layer, "CAA",
                                         model_fingerprint=acts.model_fingerprint, n_train=len(train))
         for alpha in alphas:
-            res = alignment(lm, items, kind, vector=vec, alpha=alpha, batch_size=batch_size)
-            rows.append({"method": "CAA", "layer": int(layer), "alpha": float(alpha), "alignment": res.mean,
-                         "mass": res.mass_mean if res.mass_mean is not None else np.nan})
-            done += 1
-            if progress:
-                progress(done, total, f"Layer {layer}, alpha {alpha:+g}: alignment {res.mean:.3f}")
+            conds.append((vec, float(alpha)))
+            keys.append((int(layer), float(alpha)))
+    tick = None
+    if progress is not None and prompt_cache is None:
+        tick = lambda d, t, _m: progress(d, t, f"Layer {keys[d - 1][0]}, alpha {keys[d - 1][1]:+g}")  # noqa: E731
+    res = alignments(lm, items, kind, conds, batch_size=batch_size, prompt_cache=prompt_cache, progress=tick or progress)
+    rows = [{"method": "CAA", "layer": k[0], "alpha": k[1], "alignment": r.mean, "mass": _mass(r)} for k, r in zip(keys, res)]
     df = pd.DataFrame(rows, columns=["method", "layer", "alpha", "alignment", "mass"])
     return _score_column(df, "layer") if len(df) else df.assign(score=[])
 
@@ -487,6 +453,7 @@ def temperature_sweep(
     *,
     batch_size: int = 16,
     method: str = "SAAS",
+    prompt_cache: PromptCache | None = None,
 ) -> pd.DataFrame:
     """Alignment on the validation instances of the SAAS vector at each softmax temperature.
 
@@ -498,6 +465,7 @@ def temperature_sweep(
         diffs_train: local vectors v_i of the training instances at ``layer``, [N, d].
         importance_train: s_i, [N].
         eligible_train: bool [N].
+        prompt_cache: optional :class:`saas.forward.PromptCache` holding the validation instances.
 
     Returns:
         Columns ``method, temperature, alpha, alignment, mass, ess, score`` where ``ess`` is the
@@ -509,19 +477,21 @@ def temperature_sweep(
     elig = np.asarray(eligible_train, dtype=bool)
     if not (diffs.ndim == 2 and diffs.shape[0] == imp.shape[0] == elig.shape[0]):
         raise ValueError(f"shapes disagree: diffs {diffs.shape}, importance {imp.shape}, eligible {elig.shape}")
-    total = len(temps) * len(alphas)
-    rows, done = [], 0
+    conds: list[Condition] = []
+    keys: list[tuple[float, float, float]] = []
     for t in temps:
         w = softmax_weights(imp, float(t), elig)
         vec = SteeringVector.from_array(weighted_vector(diffs, w), layer, method, temperature=float(t))
         ess = float(1.0 / np.sum(w**2))
         for alpha in alphas:
-            res = alignment(lm, items, kind, vector=vec, alpha=alpha, batch_size=batch_size)
-            rows.append({"method": method, "temperature": float(t), "alpha": float(alpha), "alignment": res.mean,
-                         "mass": res.mass_mean if res.mass_mean is not None else np.nan, "ess": ess})
-            done += 1
-            if progress:
-                progress(done, total, f"t = {t:g}, alpha {alpha:+g}: alignment {res.mean:.3f}")
+            conds.append((vec, float(alpha)))
+            keys.append((float(t), float(alpha), ess))
+    tick = None
+    if progress is not None and prompt_cache is None:
+        tick = lambda d, t, _m: progress(d, t, f"t = {keys[d - 1][0]:g}, alpha {keys[d - 1][1]:+g}")  # noqa: E731
+    res = alignments(lm, items, kind, conds, batch_size=batch_size, prompt_cache=prompt_cache, progress=tick or progress)
+    rows = [{"method": method, "temperature": k[0], "alpha": k[1], "alignment": r.mean, "mass": _mass(r), "ess": k[2]}
+            for k, r in zip(keys, res)]
     df = pd.DataFrame(rows, columns=["method", "temperature", "alpha", "alignment", "mass", "ess"])
     return _score_column(df, "temperature") if len(df) else df.assign(score=[])
 
@@ -559,13 +529,12 @@ def neutral_kl(
     if not texts:
         raise ValueError("no texts")
     tok = lm.tokenizer
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     total_kl, count = 0.0, 0
     for b0 in range(0, len(texts), batch_size):
         seqs = [list(tok(t)["input_ids"]) for t in texts[b0 : b0 + batch_size]]
-        ids, mask, _ = _pad_left(seqs, pad_id)
+        ids, mask, _ = pad_left(seqs, pad_id(lm))
         ids, mask = ids.to(lm.device), mask.to(lm.device)
-        kw = {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0), "use_cache": False}
+        kw = {"input_ids": ids, "attention_mask": mask, "position_ids": left_positions(mask), "use_cache": False}
         base = torch.log_softmax(lm.model(**kw).logits.float(), dim=-1)
         with vector.apply(lm, alpha, positions):
             steered = torch.log_softmax(lm.model(**kw).logits.float(), dim=-1)

@@ -32,6 +32,7 @@ Note that llama.cpp adds the vector at every position, prompt included, which co
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,11 @@ from safetensors.torch import save_file
 from saas.steering import SteeringVector
 
 GGUF_ARCH = "controlvector"
+FORMATS = ("gguf", "safetensors")
+
+
+class ExportError(ValueError):
+    """An export request that cannot be met; the message says why and what to do."""
 
 
 def _stem(path: str | Path, suffixes: tuple[str, ...]) -> Path:
@@ -156,3 +162,67 @@ def load_gguf(path: str | Path) -> SteeringVector:
     else:
         meta = {"method": "gguf", "meta": {"model_hint": hint, "source": str(path)}}
     return SteeringVector.from_dict(meta, vectors)
+
+
+def export_run_vectors(
+    vectors: Mapping[str, SteeringVector],
+    methods: Sequence[str],
+    fmt: str,
+    out: str | Path,
+    *,
+    model_hint: str = "llama",
+    run: str = "the run",
+) -> dict[str, Path]:
+    """Write some of a run's vectors in one format (what ``saas export`` does).
+
+    The rule for ``out``: with ONE method it is the file to write (``.gguf`` resp. ``.safetensors`` +
+    ``.json`` added when it has no suffix), unless it is an existing folder or ends with a path
+    separator, which then receives ``<method>.<ext>``; with SEVERAL methods it is a folder (created)
+    holding one ``<method>.<ext>`` per method. Everything is checked before anything is written.
+
+    Args:
+        vectors: ``{method: vector}`` of a run (:attr:`saas.pipeline.RunBundle.vectors`).
+        methods: the methods to export, e.g. ``["saas", "caa"]``.
+        fmt: ``"gguf"`` (llama.cpp control vector, :func:`save_gguf`) or ``"safetensors"``
+            (:func:`save_vector`).
+        out: see above.
+        model_hint: the GGUF ``controlvector.model_hint``.
+        run: the run's name, for messages.
+
+    Returns:
+        ``{method: written path}`` (the ``.gguf`` or ``.safetensors`` file).
+
+    Raises:
+        ExportError: an unknown format or method (the message lists the run's methods), no method, a
+            GGUF export of a vector at layer 0 (llama.cpp cannot steer it), or ``out`` is a file
+            where a folder is needed.
+    """
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    wanted = list(dict.fromkeys(m for m in methods if m))
+    if not wanted:
+        raise ExportError(f"name at least one method to export; {run} has: {', '.join(sorted(vectors))}")
+    missing = [m for m in wanted if m not in vectors]
+    if missing:
+        raise ExportError(f"{run} has no vector for {', '.join(missing)}; its methods are: {', '.join(sorted(vectors))}")
+    if fmt == "gguf":
+        at_zero = [m for m in wanted if 0 in vectors[m].vectors]
+        if at_zero:
+            raise ExportError(f"{', '.join(at_zero)} steer(s) layer 0, which a llama.cpp control vector cannot hold "
+                              "(direction.0 is rejected); export with --format safetensors or use a run at layer >= 1")
+    ext = ".gguf" if fmt == "gguf" else ".safetensors"
+    target = Path(out)
+    as_folder = len(wanted) > 1 or target.is_dir() or str(out).endswith(("/", "\\"))
+    if as_folder:
+        if target.exists() and not target.is_dir():
+            raise ExportError(f"{target} is a file; several methods need a folder for --out")
+        paths = {m: target / f"{m}{ext}" for m in wanted}
+    else:
+        paths = {wanted[0]: target}
+    written: dict[str, Path] = {}
+    for m, path in paths.items():
+        if fmt == "gguf":
+            written[m] = save_gguf(vectors[m], path, model_hint=model_hint)
+        else:
+            written[m] = save_vector(vectors[m], path)
+    return written

@@ -32,10 +32,11 @@ import pandas as pd
 
 from saas import baselines
 from saas.activations import ActivationSet, extract_activations
+from saas.annotations import annotation_summary, evaluation_pairs, is_annotated
 from saas.data import BehaviourDataset, load_dataset
 from saas.eligibility import EligibilityResult, Projection, apply_cutoff, project
+from saas.lengths import check_lengths
 from saas.models import LoadedModel, load_model
-from saas.paths import cache_dir
 from saas.steering import SteeringVector
 from saas.weighting import WeightSummary, softmax_weights, summarize
 
@@ -69,6 +70,9 @@ class RunConfig:
     kappa: float = 0.5
     axis: str = "fisher"
     shrinkage: str | float = "ledoit-wolf"
+    consistency: str = "mean"  # or "polarity-balanced" (token answers; DESIGN.md section 5)
+    max_tokens: int | None = None  # prompt + answer limit in tokens (None: the model's context length)
+    max_prompt_tokens: int | None = None  # truncate longer prompts to their last N tokens (None: never)
     temperature: float | None = None  # None: the spread of the importance (see module doc)
     agents: str = "offline"
     agent_model: str | None = None  # Anthropic model id, or a local model folder for "local"
@@ -76,7 +80,7 @@ class RunConfig:
     threshold: float = 2.0
     seed: int = 0  # split and Agent-1 example seed
     batch_size: int = 16
-    model_scores: bool = True  # compute logit-diff / conf (one extra forward pass, cached)
+    model_scores: bool = True  # logit-diff / conf from the activation pass (LM head at the answer positions)
     device: str | None = None
     dtype: str | None = None
 
@@ -111,6 +115,7 @@ class Prepared:
     logit_diff: np.ndarray | None = None
     conf: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    lengths: Any = None  # saas.lengths.LengthReport of the token-length check
 
     @property
     def train(self) -> list[int]:
@@ -168,24 +173,17 @@ def split_indices(n: int, seed: int, ratios: tuple[float, float, float] = (0.7, 
     return {"train": [int(i) for i in train], "val": [int(i) for i in val], "test": [int(i) for i in test]}
 
 
-def _model_scores_cached(lm: LoadedModel, dataset: BehaviourDataset, acts: ActivationSet, progress: Progress | None) -> tuple[np.ndarray, np.ndarray]:
-    """logit-diff and conf per instance at alpha 0, cached under ``cache/scores/`` by activation key."""
-    from saas.evaluation import model_scores
+def _model_scores(lm: LoadedModel, dataset: BehaviourDataset, acts: ActivationSet, progress: Progress | None) -> tuple[np.ndarray, np.ndarray]:
+    """logit-diff and conf per instance at alpha 0, from the answer log-probs that the activation pass
+    computed in the same forwards (:attr:`ActivationSet.logprobs`, cached with the activations); a
+    separate scoring pass only when they are missing (e.g. a prompt with no token before the answer)."""
+    from saas.evaluation import model_scores, model_scores_from_logprobs
 
-    path = cache_dir("scores") / f"{acts.key or dataset.content_hash()}.npz"
-    if path.is_file():
-        try:
-            with np.load(path) as z:
-                if z["logit_diff"].shape == (len(dataset),):
-                    return z["logit_diff"], z["conf"]
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("model-score cache %s unreadable (%s); recomputing", path.name, exc)
+    if acts.logprobs is not None and [lp.id for lp in acts.logprobs] == [i.id for i in dataset.instances]:
+        return model_scores_from_logprobs(acts.logprobs, dataset.answer_kind)
     if progress:
         progress(0, 1, "Scoring answers with the model (logit-diff / conf baselines)")
-    logit_diff, conf = model_scores(lm, dataset.instances)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, logit_diff=np.asarray(logit_diff, dtype=np.float64), conf=np.asarray(conf, dtype=np.float64))
-    tmp.replace(path)
+    logit_diff, conf = model_scores(lm, dataset.instances, dataset.answer_kind)
     return np.asarray(logit_diff, dtype=np.float64), np.asarray(conf, dtype=np.float64)
 
 
@@ -252,10 +250,13 @@ def prepare(
     if lm is None:
         lm = load_model(config.model, device=config.device, dtype=config.dtype, progress=progress)
     timings["load"] = time.perf_counter() - t0
+    # Before any forward pass: every prompt + answer must fit (fails fast with file, line, field).
+    dataset, lengths = check_lengths(lm, dataset, max_tokens=config.max_tokens,
+                                     max_prompt_tokens=config.max_prompt_tokens)
     t0 = time.perf_counter()
-    acts = extract_activations(lm, dataset, batch_size=config.batch_size, progress=progress)
+    acts = extract_activations(lm, dataset, batch_size=config.batch_size, progress=progress, scores=config.model_scores)
     timings["activations"] = time.perf_counter() - t0
-    prepared = Prepared(config, lm, dataset, acts, split_indices(len(dataset), config.seed))
+    prepared = Prepared(config, lm, dataset, acts, split_indices(len(dataset), config.seed), lengths=lengths)
     if config.scores:
         table = load_scores_table(config.scores)
         prepared.importance = table.align([i.id for i in dataset.instances])
@@ -267,7 +268,7 @@ def prepare(
         timings["agents"] = time.perf_counter() - t0
     if config.model_scores:
         t0 = time.perf_counter()
-        prepared.logit_diff, prepared.conf = _model_scores_cached(lm, dataset, acts, progress)
+        prepared.logit_diff, prepared.conf = _model_scores(lm, dataset, acts, progress)
         timings["model_scores"] = time.perf_counter() - t0
     prepared.timings = timings
     return prepared
@@ -279,11 +280,22 @@ def _rel_t(t: float, s_spread: float, own: np.ndarray) -> float:
     return max(tau * own_spread, 1e-6) if own_spread > 1e-12 else 1.0
 
 
-def cheap_projection(prepared: Prepared, layer: int, axis: str, shrinkage: str | float) -> Projection:
-    """The Fisher / mean-difference projection of the training instances at one layer."""
+def positive_tokens(dataset: BehaviourDataset, indices: list[int]) -> list[str] | None:
+    """The positive answer of each pair for token answers (Yes/No, A/B), None for sentences."""
+    if dataset.answer_kind == "sentence":
+        return None
+    return [dataset.instances[i].positive.strip() for i in indices]
+
+
+def cheap_projection(prepared: Prepared, layer: int, axis: str, shrinkage: str | float,
+                     consistency: str = "mean") -> Projection:
+    """The Fisher / mean-difference projection of the training instances at one layer (with the
+    consistency test's cosines against the ``consistency`` reference)."""
     pos, neg = prepared.acts.layer(layer)
     idx = prepared.train
-    return project(pos[idx], neg[idx], axis=axis, shrinkage=shrinkage)  # type: ignore[arg-type]
+    groups = positive_tokens(prepared.dataset, idx) if consistency != "mean" else None
+    return project(pos[idx], neg[idx], axis=axis, shrinkage=shrinkage,  # type: ignore[arg-type]
+                   consistency=consistency, groups=groups)  # type: ignore[arg-type]
 
 
 def compute(
@@ -295,6 +307,7 @@ def compute(
     temperature: float | None = None,
     projection: Projection | None = None,
     methods: tuple[str, ...] | None = None,
+    consistency: str | None = None,
 ) -> MethodResult:
     """Eligibility, weights and every method's vector on the training split (cheap: no model).
 
@@ -306,8 +319,9 @@ def compute(
         layer = cfg.layer if cfg.layer is not None else default_layer(prepared.acts.n_layers)
     kappa = cfg.kappa if kappa is None else kappa
     axis = cfg.axis if axis is None else axis
+    consistency = cfg.consistency if consistency is None else consistency
     if projection is None:
-        projection = cheap_projection(prepared, layer, axis, cfg.shrinkage)
+        projection = cheap_projection(prepared, layer, axis, cfg.shrinkage, consistency)
     idx = prepared.train
     ids = [prepared.dataset.instances[i].id for i in idx]
     elig = apply_cutoff(projection, kappa=kappa, ids=ids)
@@ -332,7 +346,7 @@ def compute(
         arrays[baselines.CONF] = baselines.score_weighted(diffs, cf, _rel_t(t, s_spread, cf))
     fp, dh = prepared.lm.fingerprint, prepared.dataset.content_hash()
     summary = summarize(weights, t) if eligible.any() else summarize(np.full(len(idx), 1.0 / max(len(idx), 1)), t)
-    meta = {"kappa": kappa, "axis": axis, "temperature": t, "split_seed": cfg.seed, "n_train": len(idx),
+    meta = {"kappa": kappa, "axis": axis, "consistency": projection.consistency, "temperature": t, "split_seed": cfg.seed, "n_train": len(idx),
             "n_eligible": int(eligible.sum()), "scores": prepared.scores_source}
     vectors = {
         m: SteeringVector.from_array(v.astype(np.float32), layer, m, model_fingerprint=fp, dataset_hash=dh, **meta)
@@ -346,19 +360,42 @@ def compute(
 # --- artifacts ---------------------------------------------------------------------------------
 
 
-def write_run(prepared: Prepared, result: MethodResult, out: str | Path) -> Path:
+def run_steerability(prepared: Prepared, result: MethodResult, *, only_cached: bool = False,
+                     progress: Progress | None = None) -> Any:
+    """Per-instance steerability of the training pairs under the run's CAA vector at the result's
+    layer (:func:`saas.diagnostics.steerability`; cached on disk). ``only_cached``: never run the model."""
+    from saas.diagnostics import steerability
+
+    if baselines.CAA not in result.vectors:
+        return None
+    return steerability(prepared.lm, prepared.instances("train"), prepared.dataset.answer_kind,
+                        result.vectors[baselines.CAA], batch_size=prepared.config.batch_size,
+                        only_cached=only_cached, progress=progress)
+
+
+def write_run(prepared: Prepared, result: MethodResult, out: str | Path, steer: Any = None) -> Path:
     """``eligibility.csv``, ``weights.csv``, ``vectors/<method>.safetensors`` (+ ``.json``), the
     agents' ``subbehaviours.json`` + ``relevance.csv`` when they ran, ``config.json``,
-    ``split.json`` and ``summary.json``."""
+    ``split.json`` and ``summary.json``. ``steer`` (a :class:`saas.diagnostics.Steerability` of the
+    training pairs, from :func:`run_steerability`) adds a ``steerability`` column and its shares."""
     from saas.export import save_vector
 
     out = Path(out)
     (out / "vectors").mkdir(parents=True, exist_ok=True)
     idx = prepared.train
     insts = [prepared.dataset.instances[i] for i in idx]
-    result.eligibility.to_frame().to_csv(out / "eligibility.csv", index=False)
-    pd.DataFrame({"id": [i.id for i in insts], "score": result.importance, "weight": result.weights,
-                  "eligible": result.eligibility.eligible}).to_csv(out / "weights.csv", index=False)
+    frame = result.eligibility.to_frame()
+    if steer is not None:  # a diagnostic: the method does not use it either
+        frame["steerability"] = steer.align([i.id for i in insts])
+    if is_annotated(insts):  # for the reader; the method never read these columns
+        frame["quality"] = [i.quality or "" for i in insts]
+        frame["facet"] = [i.facet or "" for i in insts]
+    frame.to_csv(out / "eligibility.csv", index=False)
+    weights = pd.DataFrame({"id": [i.id for i in insts], "score": result.importance, "weight": result.weights,
+                            "eligible": result.eligibility.eligible})
+    if is_annotated(insts):
+        weights["quality"] = [i.quality or "" for i in insts]
+    weights.to_csv(out / "weights.csv", index=False)
     for method, vec in result.vectors.items():
         save_vector(vec, out / "vectors" / method)
     if prepared.agent_run is not None:
@@ -373,14 +410,35 @@ def write_run(prepared: Prepared, result: MethodResult, out: str | Path) -> Path
         "dataset": prepared.dataset.name, "dataset_source": prepared.dataset.source,
         "dataset_hash": prepared.dataset.content_hash(), "answer_kind": prepared.dataset.answer_kind,
         "n_instances": len(prepared.dataset), "split_sizes": {k: len(v) for k, v in prepared.split.items()},
-        "layer": result.layer, "kappa": elig.kappa, "axis": elig.axis, "D": elig.D, "cutoff": elig.cutoff,
+        "layer": result.layer, "kappa": elig.kappa, "axis": elig.axis, "consistency": elig.consistency,
+        "D": elig.D, "cutoff": elig.cutoff,
         "shrinkage": {"method": elig.shrinkage_method, "value": elig.shrinkage},
         "eligibility": elig.counts, "eligibility_message": elig.message,
         "temperature": result.temperature, "weights": result.summary.to_dict(),
         "scores_source": prepared.scores_source, "methods": sorted(result.vectors),
         "vector_norms": {m: v.norm() for m, v in result.vectors.items()},
         "timings_s": {k: round(v, 3) for k, v in prepared.timings.items()},
+        "lengths": None if prepared.lengths is None else prepared.lengths.to_dict(),
     }
+    notes = annotation_summary(elig, result.weights, insts)
+    if notes:
+        summary["annotations"] = notes
+    if steer is not None:
+        from saas.diagnostics import steerability_shares
+
+        slopes = steer.align([i.id for i in insts])
+        summary["steerability"] = {"vector": steer.method, "layer": steer.layer, "alphas": steer.alphas.tolist(),
+                                   **steerability_shares(slopes, elig.eligible)}
+        if is_annotated(insts):
+            from saas.annotations import steerability_by_quality
+
+            table = steerability_by_quality(slopes, elig.eligible, insts)
+            summary["steerability"]["by_quality"] = {r["quality"]: {k: r[k] for k in table.columns if k != "quality"}
+                                                     for r in table.to_dict("records")}
+    if prepared.dataset.answer_kind != "sentence" and not elig.empty:
+        from saas.diagnostics import confound_check
+
+        summary["answer_tokens"] = confound_check(insts, elig.eligible, result.weights).to_dict()
     if prepared.agent_run is not None:
         summary["agents"] = {"backend": prepared.agent_run.backend, "model": prepared.agent_run.model,
                              "stats": {k: _stats(v) for k, v in prepared.agent_run.stats.items()}}
@@ -440,16 +498,32 @@ def instances_by_ids(dataset: BehaviourDataset, ids: list[str]) -> list[Any]:
 
 
 def evaluate_run(bundle: RunBundle, lm: LoadedModel, dataset: BehaviourDataset, alphas: list[float],
-                 split: str = "test", methods: list[str] | None = None, progress: Progress | None = None) -> pd.DataFrame:
-    """Alignment probability per method and alpha on a held-out split of a saved run."""
+                 split: str = "test", methods: list[str] | None = None, progress: Progress | None = None,
+                 norm_matched: bool = False) -> pd.DataFrame:
+    """Alignment probability per method and alpha on a held-out split of a saved run.
+
+    ``norm_matched``: every vector is rescaled to the run's CAA vector's norm at the same layer
+    first (the ``norm`` column says which), so that only the directions differ."""
     from saas.evaluation import alpha_sweep
 
     if bundle.summary.get("dataset_hash") not in (None, dataset.content_hash()):
         log.warning("the dataset changed since this run was made (hash differs)")
     insts = instances_by_ids(dataset, bundle.split[split])
+    keep, used = evaluation_pairs(insts)  # annotated data: the clean held-out pairs only
+    if not keep:
+        raise ValueError(f"no pair of the {split} split is usable for evaluation: {used}")
     vectors = {m: v for m, v in bundle.vectors.items() if methods is None or m in methods}
-    df = alpha_sweep(lm, insts, dataset.answer_kind, vectors, alphas)
+    if norm_matched:
+        from saas.steering import match_norms
+
+        if baselines.CAA not in bundle.vectors:
+            raise ValueError("a norm-matched evaluation needs the run's CAA vector (vectors/caa.safetensors)")
+        matched = match_norms({**vectors, baselines.CAA: bundle.vectors[baselines.CAA]}, baselines.CAA)
+        vectors = {m: matched[m] for m in vectors}
+    df = alpha_sweep(lm, [insts[k] for k in keep], dataset.answer_kind, vectors, alphas)
     df.insert(2, "split", split)
+    df["pairs"] = used
+    df["norm"] = "matched to CAA" if norm_matched else "as extracted"
     return df
 
 

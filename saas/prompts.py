@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 READ_RULE = "answer-last-meaningful-token/v1"
 PLAIN_TEMPLATE = "User: {prompt}\nAssistant:"
+PLAIN_SYSTEM = "System: {system}\n"
 _LABEL_RE = re.compile(r"^\(?[A-Za-z]\)?$")
 
 
@@ -51,16 +52,58 @@ def is_label(answer: str) -> bool:
     return bool(_LABEL_RE.match(answer.strip()))
 
 
-def prompt_text(tokenizer: Any, prompt: str) -> str:
-    """The prompt as the model sees it, ready for the answer (chat template when there is one)."""
+def prompt_text(tokenizer: Any, prompt: str, system: str | None = None) -> str:
+    """The prompt as the model sees it, ready for the answer (chat template when there is one).
+
+    Args:
+        tokenizer: the model's tokenizer.
+        prompt: the user turn.
+        system: an optional system message. ``None`` leaves the template's own behaviour (SmolLM2's
+            template then inserts its default system message). A template that rejects the system
+            role gets the message prepended to the user turn instead; models without a chat
+            template get a ``"System: ..."`` line before ``"User: ..."``.
+    """
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-        )
-    return PLAIN_TEMPLATE.format(prompt=prompt)
+        user = [{"role": "user", "content": prompt}]
+        if system is None:
+            return str(tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False))
+        try:
+            return str(tokenizer.apply_chat_template([{"role": "system", "content": system}, *user],
+                                                     add_generation_prompt=True, tokenize=False))
+        except Exception:  # e.g. jinja2 TemplateError "System role not supported" (Gemma)
+            merged = [{"role": "user", "content": f"{system}\n\n{prompt}"}]
+            return str(tokenizer.apply_chat_template(merged, add_generation_prompt=True, tokenize=False))
+    head = PLAIN_SYSTEM.format(system=system) if system is not None else ""
+    return head + PLAIN_TEMPLATE.format(prompt=prompt)
 
 
-def _join(tokenizer: Any, prefix: str, answer: str) -> str:
+class BehaviourCard(Protocol):
+    """What a prompted baseline needs of a behaviour (:class:`saas.data.BehaviourDataset` has it)."""
+
+    name: str
+    description: str
+    negative_description: str
+
+
+def prompted_system_prompt(card: BehaviourCard) -> str:
+    """The system prompt of the *prompted* baseline, built from the behaviour card alone.
+
+    ``"Respond in a way that shows <name>: <description>"``, followed by ``" Do not: <negative
+    description>"`` when the card has one (DESIGN.md section 5, "Prompted baseline"). A pure function
+    of ``card.name``, ``card.description`` and ``card.negative_description``.
+    """
+    name = " ".join(str(card.name).replace("_", " ").split()) or "the behaviour"
+    text = f"Respond in a way that shows {name}: {' '.join(str(card.description).split())}".rstrip()
+    negative = " ".join(str(getattr(card, "negative_description", "") or "").split())
+    if negative:
+        if text[-1:] not in ".!?":
+            text += "."
+        text += f" Do not: {negative}"
+    return text
+
+
+def join_answer(tokenizer: Any, prefix: str, answer: str) -> str:
+    """``prefix`` (a :func:`prompt_text`) followed by ``answer``, as :func:`encode` tokenizes it."""
     if getattr(tokenizer, "chat_template", None) or answer[:1].isspace() or not answer:
         return prefix + answer
     return prefix + " " + answer
@@ -92,7 +135,7 @@ def encode(tokenizer: Any, prompt: str, answer: str) -> Encoded:
     """
     prefix = prompt_text(tokenizer, prompt)
     prefix_ids = _tokenize(tokenizer, prefix)
-    ids = _tokenize(tokenizer, _join(tokenizer, prefix, answer))
+    ids = _tokenize(tokenizer, join_answer(tokenizer, prefix, answer))
     start = 0
     for a, b in zip(prefix_ids, ids):
         if a != b:

@@ -2,18 +2,21 @@
 
 Protocol (DESIGN.md section 1, "Evaluation"), per behaviour:
 
-1. :func:`saas.pipeline.prepare` once: activations of every layer (cached), the agents (cached; Agent-3
-   scores every instance, so the agents run once per behaviour, on the seed-0 training split, and
-   serve every seed), and a :class:`saas.bipo.PromptCache` of every prompt (the prompt prefix up to
-   the last prompt token is the same under any steering, so its KV cache is computed once and every
-   later measurement only runs the last prompt token and the answer tokens).
-2. The model's own unsteered scores of every instance (logit-diff, conf baselines) from that cache.
+1. A :class:`saas.forward.PromptCache` of every prompt (the prompt prefix up to the last prompt
+   token is the same under any steering, so its KV cache is computed once and every later
+   measurement only runs the last prompt token and the answer tokens); the all-layer activations
+   and the model's own unsteered answer scores (logit-diff, conf baselines) are read from it into
+   the activation cache (:func:`saas.activations.extract_activations` with ``prompt_cache``).
+2. :func:`saas.pipeline.prepare` once: activations and scores (from that cache), the agents (cached;
+   Agent-3 scores every instance, so the agents run once per behaviour, on the seed-0 training
+   split, and serve every seed).
 3. For each seed: a 7:2:1 split; the layer with the largest CAA steering range
    ``P(+1) - P(-1)`` on the validation split (layer subset ``layers``); the SAAS temperature with
    the largest range on validation, from a grid of multiples of the default temperature (the
-   spread of the importance over the eligible training instances); every method's vector from the
-   training split at that layer (:func:`saas.pipeline.compute`), BiPO trained on the training
-   split, and the ablations; alignment on the test split at every alpha.
+   spread of the importance over the eligible training instances), both with
+   :func:`saas.evaluation.layer_sweep` / :func:`saas.evaluation.temperature_sweep` on the prompt
+   cache; every method's vector from the training split at that layer (:func:`saas.pipeline.compute`),
+   BiPO trained on the training split, and the ablations; alignment on the test split at every alpha.
 4. Ablations at the chosen layer and temperature: no eligibility assessment (softmax weights over
    ALL training instances), no agents (plain mean over the eligible instances = uniform-eligible),
    no Agent-2 (every kept sub-behaviour weighted c_k = 1; the temperature rescaled by the ratio of
@@ -50,9 +53,22 @@ import pandas as pd
 import torch
 
 from saas import baselines
-from saas.bipo import PromptCache, train_bipo
-from saas.data import BehaviourDataset, Instance, load_dataset
-from saas.evaluation import alignment_from_logprobs, instance_scores, neutral_kl
+from saas.activations import extract_activations
+from saas.annotations import clean_positions
+from saas.bipo import train_bipo
+from saas.data import Instance, load_dataset
+from saas.diagnostics import answer_token_split
+from saas.evaluation import (
+    alignment_from_logprobs,
+    alignments,
+    best_layer,
+    best_temperature,
+    layer_sweep,
+    neutral_kl,
+    temperature_sweep,
+)
+from saas.forward import Condition, PromptCache
+from saas.lengths import check_lengths
 from saas.models import LoadedModel, load_model
 from saas.paths import REPO_ROOT
 from saas.pipeline import (
@@ -66,7 +82,7 @@ from saas.pipeline import (
     split_indices,
     spread,
 )
-from saas.steering import SteeringVector
+from saas.steering import SteeringVector, match_norms
 from saas.weighting import softmax_weights
 
 log = logging.getLogger(__name__)
@@ -88,7 +104,10 @@ ABLATIONS = {
     baselines.UNIFORM_ELIGIBLE: "w/o agents (uniform over eligible)",
     NO_AGENT2: "w/o Agent-2 (c_k = 1)",
 }
+NORM_MATCHED = "@caa-norm"
+"""Suffix of a method id evaluated with its vector rescaled to CAA's norm at the same layer."""
 LABELS = {**METHOD_LABELS, NO_ELIGIBILITY: "SAAS w/o eligibility", NO_AGENT2: "SAAS w/o Agent-2", "none": "unsteered"}
+LABELS.update({m + NORM_MATCHED: f"{LABELS.get(m, m)} (CAA's norm)" for m in list(LABELS)})
 TEMPERATURE_FACTORS = (0.1, 0.3, 1.0, 3.0, 10.0)
 
 
@@ -105,6 +124,8 @@ class ReproduceConfig:
     alphas: list[float] = field(default_factory=lambda: [-1.0, 0.0, 1.0])
     temperature_factors: list[float] = field(default_factory=lambda: list(TEMPERATURE_FACTORS))
     kappa: float = 0.5
+    consistency: str = "mean"  # or "polarity-balanced" (token answers; DESIGN.md section 5)
+    norm_matched: bool = True  # also evaluate every method rescaled to CAA's norm at the same layer
     bipo: bool = True
     bipo_epochs: int = 3
     bipo_lr: float = 1e-2
@@ -161,75 +182,8 @@ def parse_layers(text: str | None, n_layers: int | None = None) -> list[int] | N
 # per-seed evaluation
 
 
-def _caa(diffs: np.ndarray) -> np.ndarray:
-    return diffs.astype(np.float64).mean(axis=0).astype(np.float32)
-
-
 def _vec(v: np.ndarray, layer: int, method: str, **meta: Any) -> SteeringVector:
     return SteeringVector.from_array(np.asarray(v, dtype=np.float32), layer, method, **meta)
-
-
-def _alignments(pc: PromptCache, conditions: list[tuple[SteeringVector | None, float]], indices: Sequence[int],
-                kind: str) -> list[tuple[float, float]]:
-    """(mean alignment, mean mass) of the instances at ``indices`` under each condition."""
-    out = []
-    for lps in pc.logprobs(conditions, indices):
-        res = alignment_from_logprobs(lps, kind)
-        out.append((res.mean, res.mass_mean if res.mass_mean is not None else float("nan")))
-    return out
-
-
-def _range_score(df: pd.DataFrame, key: str) -> pd.DataFrame:
-    lo, hi = df["alpha"].min(), df["alpha"].max()
-    piv = df.pivot_table(index=key, columns="alpha", values="alignment")
-    score = piv[hi] - piv[lo]
-    return df.assign(score=df[key].map(score))
-
-
-def layer_sweep(pc: PromptCache, prepared: Prepared, layers: Sequence[int], alphas: Sequence[float] = (-1.0, 1.0)) -> pd.DataFrame:
-    """CAA vector of the training split at each layer, alignment on the validation split.
-
-    Columns ``method, layer, alpha, alignment, mass, score`` (score = alignment at the largest alpha
-    minus at the smallest), as :func:`saas.evaluation.layer_sweep`.
-    """
-    train, val = prepared.split["train"], prepared.split["val"]
-    conds, keys = [], []
-    for layer in layers:
-        vec = _vec(_caa(prepared.acts.diffs(layer)[train]), layer, "CAA")
-        for a in alphas:
-            conds.append((vec, float(a)))
-            keys.append((layer, float(a)))
-    res = _alignments(pc, conds, val, prepared.dataset.answer_kind)
-    df = pd.DataFrame([{"method": "CAA", "layer": k[0], "alpha": k[1], "alignment": r[0], "mass": r[1]}
-                       for k, r in zip(keys, res)])
-    return _range_score(df, "layer")
-
-
-def pick(df: pd.DataFrame, key: str) -> Any:
-    """The ``key`` value with the largest score (the smallest value on ties)."""
-    per = df.groupby(key)["score"].first().sort_index()
-    return per.index[int(np.argmax(per.to_numpy()))]
-
-
-def temperature_sweep(pc: PromptCache, prepared: Prepared, layer: int, temps: Sequence[float], eligible: np.ndarray,
-                      importance: np.ndarray, alphas: Sequence[float] = (-1.0, 1.0)) -> pd.DataFrame:
-    """SAAS vector at each temperature (training split, fixed layer), alignment on validation.
-
-    Columns ``method, temperature, alpha, alignment, mass, ess, score``.
-    """
-    train, val = prepared.split["train"], prepared.split["val"]
-    diffs = prepared.acts.diffs(layer)[train]
-    conds, keys = [], []
-    for t in temps:
-        w = softmax_weights(importance, float(t), eligible)
-        vec = _vec(w @ diffs.astype(np.float64), layer, "SAAS", temperature=float(t))
-        for a in alphas:
-            conds.append((vec, float(a)))
-            keys.append((float(t), float(a), float(1.0 / np.sum(w**2))))
-    res = _alignments(pc, conds, val, prepared.dataset.answer_kind)
-    df = pd.DataFrame([{"method": "SAAS", "temperature": k[0], "alpha": k[1], "alignment": r[0], "mass": r[1], "ess": k[2]}
-                       for k, r in zip(keys, res)])
-    return _range_score(df, "temperature")
 
 
 def equal_contribution_importance(prepared: Prepared, indices: Sequence[int]) -> np.ndarray | None:
@@ -249,13 +203,9 @@ def answer_balance(prepared: Prepared, train: Sequence[int], eligible: np.ndarra
     unbalanced selection or weighting does not. Empty for sentence answers."""
     if prepared.dataset.answer_kind == "sentence":
         return {}
-    pos = np.array([prepared.dataset.instances[i].positive.strip() for i in train])
-    out: dict[str, Any] = {}
-    for ans in sorted(set(pos)):
-        m = pos == ans
-        out[ans] = {"train": float(m.mean()), "eligible": float(m[eligible].mean()) if eligible.any() else float("nan"),
-                    "saas_weight": float(np.asarray(weights)[m].sum())}
-    return out
+    split = answer_token_split([prepared.dataset.instances[i] for i in train], eligible, weights)
+    return {r["token"]: {"train": r["pairs %"] / 100, "eligible": r["eligible %"] / 100,
+                         "saas_weight": r["saas weight %"] / 100} for r in split.to_dict("records")}
 
 
 @dataclass
@@ -287,15 +237,19 @@ def evaluate_seed(
     n = len(prepared.dataset)
     p = dataclasses.replace(prepared, split=split_indices(n, seed), config=dataclasses.replace(prepared.config, seed=seed))
     kind = p.dataset.answer_kind
-    train, test = p.split["train"], p.split["test"]
+    train = p.split["train"]
+    # Held-out pairs: on annotated data the clean ones (a flawed pair's "positive" is not the behaviour).
+    val, test = clean_positions(p.dataset, p.split["val"]), clean_positions(p.dataset, p.split["test"])
+    val_insts = [p.dataset.instances[i] for i in val]
+    test_insts = [p.dataset.instances[i] for i in test]
 
     t0 = time.perf_counter()
-    ldf = layer_sweep(pc, p, layers)
-    layer = int(pick(ldf, "layer"))
+    ldf = layer_sweep(p.lm, p.acts, val_insts, kind, train, layers, prompt_cache=pc)
+    layer = best_layer(ldf)
     timings["layer_sweep"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    projection = cheap_projection(p, layer, p.config.axis, p.config.shrinkage)
+    projection = cheap_projection(p, layer, p.config.axis, p.config.shrinkage, config.consistency)
     base = compute(p, layer=layer, kappa=config.kappa, projection=projection)
     eligible = np.asarray(base.eligibility.eligible, dtype=bool)
     s = base.importance
@@ -304,9 +258,10 @@ def evaluate_seed(
     if p.importance is not None and eligible.any():
         t_auto = auto_temperature(s, eligible)
         temps = [f * t_auto for f in config.temperature_factors]
-        tdf = temperature_sweep(pc, p, layer, temps, eligible, s)
+        tdf = temperature_sweep(p.lm, val_insts, kind, p.acts.diffs(layer)[train], s, eligible, layer, temps,
+                                prompt_cache=pc)
         tdf["factor"] = tdf["temperature"].map(dict(zip(temps, config.temperature_factors)))
-        temperature = float(pick(tdf, "temperature"))
+        temperature = best_temperature(tdf)
     timings["temperature_sweep"] = time.perf_counter() - t0
 
     result = compute(p, layer=layer, kappa=config.kappa, temperature=temperature, projection=projection)
@@ -337,23 +292,32 @@ def evaluate_seed(
 
     t0 = time.perf_counter()
     alphas = sorted({float(a) for a in config.alphas} | {-1.0, 1.0})
-    conds: list[tuple[SteeringVector | None, float]] = [(None, 0.0)]
+    conds: list[Condition] = [(None, 0.0)]
     keys: list[tuple[str, float]] = [("none", 0.0)]
     for m, v in vectors.items():
         for a in alphas:
             if a != 0.0:
                 conds.append((v, a))
                 keys.append((m, a))
-    res = _alignments(pc, conds, test, kind)
+    if config.norm_matched and baselines.CAA in vectors:  # every method at CAA's norm: only directions differ
+        for m, v in match_norms(vectors, baselines.CAA).items():
+            if m == baselines.CAA or v.norm() == 0.0:
+                continue
+            for a in alphas:
+                if a != 0.0:
+                    conds.append((v, a))
+                    keys.append((m + NORM_MATCHED, a))
+    res = [(r.mean, r.mass_mean if r.mass_mean is not None else float("nan"))
+           for r in alignments(p.lm, test_insts, kind, conds, prompt_cache=pc)]
     base_al, base_mass = res[0]
     rows = []
     for (m, a), (al, mass) in zip(keys, res):
         rows.append({"method": m, "alpha": a, "alignment": al, "mass": mass})
-    for m in vectors:  # alpha 0 is the unsteered model for every method
+    for m in dict.fromkeys(k[0] for k in keys[1:]):  # alpha 0 is the unsteered model for every method
         if 0.0 in alphas:
             rows.append({"method": m, "alpha": 0.0, "alignment": base_al, "mass": base_mass})
     timings["test_eval"] = time.perf_counter() - t0
-    common = {"seed": seed, "layer": layer, "temperature": temperature, "n_test": len(test)}
+    common = {"seed": seed, "layer": layer, "temperature": temperature, "n_test": len(test), "n_val": len(val)}
     rows = [common | r for r in rows]
     return SeedResult(seed, layer, temperature, float(eligible.mean()) if len(eligible) else float("nan"), len(train),
                       rows, ldf.assign(seed=seed), None if tdf is None else tdf.assign(seed=seed), vectors, hist, timings,
@@ -379,42 +343,11 @@ class BehaviourResult:
         return pd.DataFrame([{"behaviour": self.name} | r for s in self.seeds for r in s.rows])
 
 
-def model_scores_from_cache(pc: PromptCache, kind: str) -> tuple[np.ndarray, np.ndarray, float]:
-    """logit-diff and conf of every instance, unsteered (same definitions as :func:`saas.evaluation.model_scores`),
-    and the mean probability mass on the candidate answers (NaN for sentences)."""
-    lps = pc.logprobs([(None, 0.0)])[0]
-    scores = [instance_scores(lp, kind) for lp in lps]
-    mass = float(np.mean([x[1] for x in scores])) if kind != "sentence" else float("nan")
-    return np.array([x[2] for x in scores]), np.array([x[0] for x in scores]), mass
-
-
-def prefill_activations(lm: LoadedModel, pc: PromptCache, dataset: BehaviourDataset) -> bool:
-    """Write the all-layer activations read from the prompt cache into the activation cache, where
-    :func:`saas.pipeline.prepare` finds them (the prompts then run once, not twice). No-op when the
-    activations are already cached; returns whether it wrote them."""
-    from saas import activations as act
-
-    try:
-        key = act.cache_key(lm, dataset.instances)
-        path = act._cache_path(key)
-        if path.is_file():
-            return False
-        t0 = time.perf_counter()
-        pos, neg = pc.activations()
-        acts = act.ActivationSet(pos, neg, [i.id for i in dataset.instances], lm.fingerprint, key, time.perf_counter() - t0,
-                                 False, {"model": lm.name, "dtype": str(lm.dtype).replace("torch.", ""), "strategy": "prompt_cache"})
-        act._write_cache(path, acts)
-        return True
-    except (AttributeError, TypeError) as exc:  # the activation module changed its internals: let prepare extract
-        log.warning("could not prefill the activation cache (%s); extracting the usual way", exc)
-        return False
-
-
 def evaluate_behaviour(lm: LoadedModel, spec: str, config: ReproduceConfig, say: Say = print) -> BehaviourResult:
     """The whole protocol for one behaviour (module doc, steps 1-4), every seed."""
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
-    dataset = load_dataset(spec, limit=config.limit)
+    dataset, _ = check_lengths(lm, load_dataset(spec, limit=config.limit))  # fail fast, before any forward
     say(f"[{dataset.name}] {len(dataset)} instances ({dataset.answer_kind})")
     t0 = time.perf_counter()
     pc = PromptCache(lm, dataset.instances, batch_size=config.batch_size, keep=True)
@@ -422,16 +355,21 @@ def evaluate_behaviour(lm: LoadedModel, spec: str, config: ReproduceConfig, say:
     say(f"[{dataset.name}] prompt cache: {pc.prefix_tokens} prompt tokens ({len(pc.common)} shared by all), "
         f"{pc.nbytes() / 1e9:.2f} GB, {timings['prompt_cache']:.1f} s")
     t0 = time.perf_counter()
-    if prefill_activations(lm, pc, dataset):
+    # Activations and the unsteered answer scores read from the prompt cache into the activation
+    # cache, where prepare finds them (the prompts then run once, not twice).
+    acts = extract_activations(lm, dataset, batch_size=config.batch_size, prompt_cache=pc)
+    if not acts.from_cache:
         timings["activations_from_prompt_cache"] = time.perf_counter() - t0
     say(f"[{dataset.name}] preparing (activations and agent calls are cached)")
     rc = RunConfig(model=config.model, dataset=spec, limit=config.limit, kappa=config.kappa, agents=config.agents,
-                   seed=0, batch_size=config.batch_size, model_scores=False, device=config.device, dtype=config.dtype)
+                   consistency=config.consistency,
+                   seed=0, batch_size=config.batch_size, model_scores=True, device=config.device, dtype=config.dtype)
     prepared = prepare(rc, lm=lm, dataset=dataset)
     timings.update({f"prepare_{k}": round(v, 2) for k, v in prepared.timings.items()})
-    t0 = time.perf_counter()
-    prepared.logit_diff, prepared.conf, mass = model_scores_from_cache(pc, dataset.answer_kind)
-    timings["model_scores"] = time.perf_counter() - t0
+    mass = float("nan")
+    if prepared.acts.logprobs is not None and dataset.answer_kind != "sentence":
+        mass_mean = alignment_from_logprobs(prepared.acts.logprobs, dataset.answer_kind).mass_mean
+        mass = float("nan") if mass_mean is None else mass_mean
     layers = config.layers or default_layers(prepared.acts.n_layers, config.quick)
     if layers == [-1]:
         layers = list(range(prepared.acts.n_layers))
@@ -480,7 +418,7 @@ def side_effects(lm: LoadedModel, results: Sequence[BehaviourResult], config: Re
     """MMLU accuracy and neutral-text KL with the seed-0 vectors of each behaviour at alpha -1 / +1."""
     timings: dict[str, float] = {}
     rows: list[dict[str, Any]] = []
-    conds: list[tuple[SteeringVector | None, float]] = [(None, 0.0)]
+    conds: list[Condition] = [(None, 0.0)]
     keys: list[tuple[str, str, float]] = [("", "none", 0.0)]
     for r in results:
         vecs = r.seeds[0].vectors
@@ -494,11 +432,11 @@ def side_effects(lm: LoadedModel, results: Sequence[BehaviourResult], config: Re
         items = mmlu_instances(config.mmlu)
         say(f"[mmlu] {len(items)} items x {len(conds)} conditions")
         pc = PromptCache(lm, items, batch_size=config.batch_size, keep=False)
-        for (b, m, a), lps in zip(keys, pc.logprobs(conds)):
-            res = alignment_from_logprobs(lps, "sentence")
+        for (b, m, a), res in zip(keys, alignments(lm, items, "sentence", conds, prompt_cache=pc)):
             rows.append({"behaviour": b, "method": m, "alpha": a, "metric": "mmlu_accuracy",
-                         "value": float(np.mean(res.prob > 0.5)), "n": len(lps)})
-            rows.append({"behaviour": b, "method": m, "alpha": a, "metric": "mmlu_p_correct", "value": res.mean, "n": len(lps)})
+                         "value": float(np.mean(res.prob > 0.5)), "n": len(res.ids)})
+            rows.append({"behaviour": b, "method": m, "alpha": a, "metric": "mmlu_p_correct", "value": res.mean,
+                         "n": len(res.ids)})
         timings["mmlu"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     for (b, m, a), (vec, alpha) in zip(keys[1:], conds[1:]):
@@ -820,6 +758,63 @@ def _run(config: ReproduceConfig, lm: LoadedModel | None, say: Say | None, comma
     return ReproduceResult(out, pd.concat([r.frame() for r in results], ignore_index=True), side, results, wall, files)
 
 
+def norm_matched_table(df: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    """Steering range P(+1) - P(-1) of every method as extracted and rescaled to CAA's norm at the
+    same layer, with the per-seed paired difference against CAA (and SAAS against uniform-eligible).
+
+    Returns ``("", empty)`` when the run has no norm-matched rows.
+    """
+    if not df["method"].astype(str).str.endswith(NORM_MATCHED).any():
+        return "", pd.DataFrame()
+    pm = df[df["alpha"].isin([-1.0, 1.0])].pivot_table(index=["behaviour", "method", "seed"], columns="alpha",
+                                                       values="alignment")
+    ranges = (pm[1.0] - pm[-1.0]).rename("range").reset_index()
+    wide = ranges.pivot_table(index=["behaviour", "seed"], columns="method", values="range")
+    rows = []
+    methods = [m for m in (*MAIN_METHODS, *EXTRA_METHODS, NO_ELIGIBILITY, NO_AGENT2) if m in wide.columns
+               and m != baselines.CAA]
+    for b in dict.fromkeys(df["behaviour"]):
+        sub = wide.loc[b]
+        caa = sub[baselines.CAA] if baselines.CAA in sub else None
+        for m in methods:
+            normed = m + NORM_MATCHED
+            if normed not in sub:
+                continue
+            row: dict[str, Any] = {"behaviour": b, "method": m, "n_seeds": int(sub[m].notna().sum()),
+                                   "range": float(sub[m].mean()), "range_sd": float(sub[m].std(ddof=1)),
+                                   "range_norm_matched": float(sub[normed].mean()),
+                                   "range_norm_matched_sd": float(sub[normed].std(ddof=1))}
+            if caa is not None:
+                d, dn = sub[m] - caa, sub[normed] - caa
+                row |= {"minus_caa": float(d.mean()), "minus_caa_wins": int((d > 0).sum()),
+                        "norm_matched_minus_caa": float(dn.mean()), "norm_matched_minus_caa_wins": int((dn > 0).sum())}
+            if m == baselines.SAAS and baselines.UNIFORM_ELIGIBLE + NORM_MATCHED in sub:
+                du = sub[normed] - sub[baselines.UNIFORM_ELIGIBLE + NORM_MATCHED]
+                row |= {"norm_matched_minus_uniform": float(du.mean()), "norm_matched_minus_uniform_wins": int((du > 0).sum())}
+            rows.append(row)
+        if caa is not None:
+            rows.append({"behaviour": b, "method": baselines.CAA, "n_seeds": int(caa.notna().sum()),
+                         "range": float(caa.mean()), "range_sd": float(caa.std(ddof=1)),
+                         "range_norm_matched": float(caa.mean()), "range_norm_matched_sd": float(caa.std(ddof=1))})
+    t = pd.DataFrame(rows)
+    lines = ["| Behaviour | Method | range as extracted | range at CAA's norm | minus CAA as extracted (seeds won) "
+             "| minus CAA at CAA's norm (seeds won) | minus uniform-eligible at CAA's norm (seeds won) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in t.to_dict("records"):
+        def pair(key: str, wins: str, r: dict[str, Any] = r) -> str:
+            v = r.get(key)
+            return "" if v is None or not np.isfinite(v) else f"{v:+.3f} ({r[wins]}/{r['n_seeds']})"
+        lines.append(f"| {r['behaviour']} | {_label(r['method'])} | {_fmt(r['range'], r['range_sd'], r['n_seeds'])} | "
+                     f"{_fmt(r['range_norm_matched'], r['range_norm_matched_sd'], r['n_seeds'])} | "
+                     f"{pair('minus_caa', 'minus_caa_wins')} | {pair('norm_matched_minus_caa', 'norm_matched_minus_caa_wins')} | "
+                     f"{pair('norm_matched_minus_uniform', 'norm_matched_minus_uniform_wins')} |")
+    note = ("\nSteering range P(y+ | α=+1) − P(y+ | α=−1) on the test split, mean ± SD over seeds. \"At CAA's norm\": each "
+            "method's vector rescaled to the CAA vector's norm at the same layer and seed before steering, so that "
+            "only the directions differ. Paired differences are per seed; (k/n) = seeds in which the method's range "
+            "was larger.\n")
+    return "\n".join(lines) + "\n" + note, t
+
+
 def _write_tables(out: Path, results: list[BehaviourResult], side: pd.DataFrame, config: ReproduceConfig,
                   final: bool = True) -> list[str]:
     """Write the tables (and, when ``final``, Table 3 and the plots); returns the file names."""
@@ -855,6 +850,11 @@ def write_outputs(out: Path, df: pd.DataFrame, layer_df: pd.DataFrame, temp_df: 
     (out / "table2.md").write_text("# Table 2: ablations\n\n" + md2)
     csv2.to_csv(out / "table2.csv", index=False)
     files = ["table1.md", "table1.csv", "table2.md", "table2.csv", "per_seed.csv", "layer_sweep.csv"]
+    md_n, csv_n = norm_matched_table(df)
+    if md_n:
+        (out / "table1_norm_matched.md").write_text("# Table 1b: as extracted vs norm-matched to CAA\n\n" + md_n)
+        csv_n.to_csv(out / "table1_norm_matched.csv", index=False)
+        files += ["table1_norm_matched.md", "table1_norm_matched.csv"]
     if len(temp_df):
         files.append("temperature_sweep.csv")
     if side is not None:

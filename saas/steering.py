@@ -23,6 +23,13 @@ Position modes (``positions``):
   row ``b`` are steered. Meant for one full forward (evaluation steers from the last prompt token
   over the answer tokens this way); in a sequence-length-1 step every row is steered.
 
+Per-row steering (:func:`apply_rows`): several steering vectors in ONE batch, one per row. Row ``b``
+adds ``alpha_b * v_b`` (a ``[B, d]`` delta per hooked layer); a row without a vector (the base
+model) adds zero, and when the vectors sit at different layers, each layer's hook adds zero for the
+rows that have no direction there. The position modes apply to every row as above. This is how
+side-by-side generation runs all its columns in one ``generate`` call
+(:func:`saas.generation.generate_columns`).
+
 Hooks act only in the thread that entered the context (the model object is usually shared, e.g.
 by every session of the app): a forward running concurrently in another thread is not steered.
 Streaming generation therefore enters the context inside its generation thread
@@ -132,6 +139,27 @@ class SteeringVector:
             return float(self._at(layer).norm())
         return float(math.sqrt(sum(float(v.norm()) ** 2 for v in self.vectors.values())))
 
+    def scaled_to(self, reference: SteeringVector) -> SteeringVector:
+        """This vector rescaled, layer by layer, to ``reference``'s norm at the same layer (the
+        direction is kept; ``meta["norm_matched_to"]`` records the reference and the factor).
+
+        Raises:
+            ValueError: the layers differ, or this vector is zero at a layer.
+        """
+        if reference.layers != self.layers:
+            raise ValueError(f"cannot match norms across layers: {self.layers} vs {reference.layers}")
+        scaled: dict[int, torch.Tensor] = {}
+        factors: dict[str, float] = {}
+        for layer, v in self.vectors.items():
+            own = float(v.norm())
+            if own == 0.0:
+                raise ValueError(f"{self.method} is zero at layer {layer}: it has no direction to rescale")
+            factor = float(reference.vectors[layer].norm()) / own
+            scaled[layer] = v * factor
+            factors[str(layer)] = factor
+        meta = dict(self.meta, norm_matched_to=reference.method, norm_factor=factors)
+        return SteeringVector(scaled, self.method, self.model_fingerprint, self.dataset_hash, meta)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable metadata (no tensor values): method, layers, d, norms, hashes, meta."""
         return {
@@ -210,21 +238,30 @@ def _layer_device(layer: nn.Module) -> torch.device:
 
 
 def _add(hidden: torch.Tensor, delta: torch.Tensor, positions: Positions) -> torch.Tensor:
-    """``hidden`` [B, T, d] with ``delta`` [d] added at the chosen positions (out of place)."""
+    """``hidden`` [B, T, d] with ``delta`` added at the chosen positions (out of place).
+
+    ``delta`` is [d] (the same for every row) or [B, d] (row ``b`` adds ``delta[b]``).
+    """
     seq = hidden.shape[1]
+    if delta.ndim == 2:
+        if delta.shape[0] != hidden.shape[0]:
+            raise ValueError(f"per-row steering has {delta.shape[0]} rows but the batch has {hidden.shape[0]}")
+        step = delta[:, None, :]  # [B, 1, d]
+    else:
+        step = delta
     if isinstance(positions, str):
         if positions == "all" or seq == 1:
-            return hidden + delta
+            return hidden + step
         out = hidden.clone()
-        out[:, -1, :] = hidden[:, -1, :] + delta
+        out[:, -1:, :] = hidden[:, -1:, :] + step
         return out
     if positions.shape[0] != hidden.shape[0]:
         raise ValueError(f"positions tensor has {positions.shape[0]} rows but the batch has {hidden.shape[0]}")
     if seq == 1:
-        return hidden + delta
+        return hidden + step
     start = positions.to(hidden.device)
     mask = torch.arange(seq, device=hidden.device)[None, :] >= start[:, None]
-    return torch.where(mask[:, :, None], hidden + delta, hidden)
+    return torch.where(mask[:, :, None], hidden + step, hidden)
 
 
 @contextlib.contextmanager
@@ -238,8 +275,8 @@ def _steer(target: LoadedModel | nn.Module, deltas: dict[int, torch.Tensor], pos
     if isinstance(target, LoadedModel):
         d = target.hidden_size
         for layer, delta in deltas.items():
-            if delta.shape[0] != d:
-                raise ValueError(f"vector at layer {layer} has size {delta.shape[0]} but the model's hidden size is {d}")
+            if delta.shape[-1] != d:
+                raise ValueError(f"vector at layer {layer} has size {delta.shape[-1]} but the model's hidden size is {d}")
     owner = threading.get_ident()
     handles = []
 
@@ -250,8 +287,8 @@ def _steer(target: LoadedModel | nn.Module, deltas: dict[int, torch.Tensor], pos
             if threading.get_ident() != owner:
                 return None
             hidden = out[0] if isinstance(out, tuple) else out
-            if hidden.shape[-1] != delta.shape[0]:
-                raise ValueError(f"steering vector has size {delta.shape[0]}, layer output has {hidden.shape[-1]}")
+            if hidden.shape[-1] != delta.shape[-1]:
+                raise ValueError(f"steering vector has size {delta.shape[-1]}, layer output has {hidden.shape[-1]}")
             key = (hidden.dtype, hidden.device)
             if key not in cast:
                 cast[key] = delta.to(device=hidden.device, dtype=hidden.dtype)
@@ -269,6 +306,69 @@ def _steer(target: LoadedModel | nn.Module, deltas: dict[int, torch.Tensor], pos
     finally:
         for h in handles:
             h.remove()
+
+
+def row_deltas(rows: Sequence[tuple[SteeringVector | None, float]]) -> dict[int, torch.Tensor]:
+    """Per-layer ``[B, d]`` deltas of a batch: row ``b`` of layer ``l`` is ``alpha_b * v_b[l]``, zero
+    where row ``b`` has no vector, no direction at ``l`` or ``alpha_b = 0``.
+
+    Raises:
+        ValueError: no rows, or the vectors have different hidden sizes.
+    """
+    if not rows:
+        raise ValueError("per-row steering needs at least one row")
+    vecs = [v for v, _a in rows if v is not None]
+    dims = {v.d for v in vecs}
+    if len(dims) > 1:
+        raise ValueError(f"the rows' vectors have different hidden sizes: {sorted(dims)}")
+    if not vecs:
+        return {}
+    d = dims.pop()
+    layers = sorted({layer for v in vecs for layer in v.layers})
+    out: dict[int, torch.Tensor] = {}
+    for layer in layers:
+        delta = torch.zeros(len(rows), d, dtype=torch.float32)
+        for b, (v, alpha) in enumerate(rows):
+            if v is not None and layer in v.vectors and alpha != 0:
+                delta[b] = float(alpha) * v.vectors[layer]
+        out[layer] = delta
+    return out
+
+
+def apply_rows(
+    target: LoadedModel | nn.Module,
+    rows: Sequence[tuple[SteeringVector | None, float]],
+    positions: Positions = "generated",
+) -> contextlib.AbstractContextManager[None]:
+    """Context manager that steers each batch row with its own vector (module docstring).
+
+    Args:
+        target: a :class:`~saas.models.LoadedModel` or a transformers causal LM.
+        rows: one ``(vector or None, alpha)`` per batch row, in batch order; every forward inside
+            the context must have exactly ``len(rows)`` rows. Row ``b``'s output at a steered layer
+            ``l`` becomes ``h_b + alpha_b * v_b[l]``; rows without a vector there are unchanged.
+        positions: ``"generated"``, ``"all"`` or a LongTensor [B] of per-row start indices (see the
+            module docstring); a start tensor lets rows use different modes in one batch.
+
+    Raises:
+        IndexError: a layer is outside the model.
+        ValueError: sizes disagree, or ``positions`` is invalid.
+    """
+    return _steer(target, row_deltas(rows), positions)
+
+
+def match_norms(vectors: Mapping[str, SteeringVector], reference: str = "caa") -> dict[str, SteeringVector]:
+    """Every vector rescaled to the norm of ``vectors[reference]`` at the same layer (the
+    norm-matched comparison, DESIGN.md section 5): only the directions differ afterwards, so a
+    method cannot win by being longer. The reference itself is returned unchanged.
+
+    Raises:
+        KeyError: no ``reference`` vector.
+    """
+    if reference not in vectors:
+        raise KeyError(f"no {reference!r} vector to match the norms to; vectors: {sorted(vectors)}")
+    ref = vectors[reference]
+    return {name: vec if name == reference else vec.scaled_to(ref) for name, vec in vectors.items()}
 
 
 def cosine_matrix(vectors: Mapping[str, ArrayLike | SteeringVector]) -> tuple[list[str], np.ndarray]:

@@ -4,14 +4,10 @@ import numpy as np
 import pytest
 
 import saas.activations as activations
-from saas.activations import (
-    STRATEGIES,
-    extract_activations,
-    forward_read,
-    forward_read_shared,
-    shared_split,
-)
+import saas.forward as forward
+from saas.activations import STRATEGIES, extract_activations, shared_split
 from saas.data import Instance
+from saas.forward import forward_read, forward_read_shared
 from saas.prompts import Encoded, encode
 
 # Batched and one-at-a-time forwards differ only by float32 round-off in attention/matmul order.
@@ -60,7 +56,7 @@ def test_batched_equals_single(embedded, tmp_cache, strategy) -> None:
     for k, inst in enumerate(insts):
         for answer, arr in ((inst.positive, acts.positive), (inst.negative, acts.negative)):
             enc = encode(embedded.tokenizer, inst.prompt, answer)
-            single = forward_read(embedded, [enc.ids], [enc.read_index])[0]
+            single = forward_read(embedded, [enc.ids], [enc.read_index]).acts[0]
             _assert_close(arr[k], single)
     # positive and negative really differ at the read token (not a shared-prefix position)
     assert np.abs(acts.positive - acts.negative).max() > 1.0
@@ -72,7 +68,7 @@ def test_layer_l_is_hidden_states_l_plus_1(embedded, tmp_cache) -> None:
 
     inst = _instances()[0]
     enc = encode(embedded.tokenizer, inst.prompt, inst.positive)
-    ours = forward_read(embedded, [enc.ids], [enc.read_index])[0]
+    ours = forward_read(embedded, [enc.ids], [enc.read_index]).acts[0]
     with torch.no_grad():
         hs = embedded.model(torch.tensor([enc.ids]), output_hidden_states=True).hidden_states
     for layer in (0, 10, 28):  # the last entry of hidden_states has the final norm applied: not a layer output
@@ -82,8 +78,8 @@ def test_layer_l_is_hidden_states_l_plus_1(embedded, tmp_cache) -> None:
 @pytest.mark.model
 def test_cache_hit_does_no_forward(embedded, tmp_cache, monkeypatch) -> None:
     calls = []
-    real = activations._base_forward
-    monkeypatch.setattr(activations, "_base_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = forward.base_forward
+    monkeypatch.setattr(forward, "base_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
     first = extract_activations(embedded, _instances(), batch_size=4)
     n_first = len(calls)
     # shared prefix (default): 5 instances, 2 per batch of 4 texts -> 3 batches x (prefix + answers)
@@ -191,8 +187,8 @@ def test_shared_prefix_on_tiny_families(family) -> None:
     prefixes = [[int(t) for t in rng.integers(2, 128, n)] for n in (5, 9, 3)]
     conts = [[int(t) for t in rng.integers(2, 128, n)] for n in (1, 2, 3, 1, 4, 2)]
     read = [0, 1, 2, 0, 3, 1]
-    shared = forward_read_shared(lm, prefixes, conts, read)
+    shared = forward_read_shared(lm, prefixes, conts, read).acts
     full = [prefixes[i // 2] + conts[i] for i in range(6)]
-    naive = forward_read(lm, full, [len(prefixes[i // 2]) + read[i] for i in range(6)])
+    naive = forward_read(lm, full, [len(prefixes[i // 2]) + read[i] for i in range(6)]).acts
     assert shared.shape == (6, 3, 32)
     np.testing.assert_allclose(shared, naive, atol=1e-5, rtol=0)

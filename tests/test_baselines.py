@@ -97,6 +97,24 @@ def test_pca_vectors_oriented_and_scaled() -> None:
     np.testing.assert_allclose(pca_center(neg, pos), -pca_center(pos, neg), rtol=1e-4, atol=1e-5)
 
 
+def test_pca_first_component_equals_numpy_svd_with_close_singular_values() -> None:
+    # A nearly flat spectrum (close leading singular values, the demo's shape N=63, d=576): sklearn's
+    # automatic (randomised) solver returns a direction with cos ~0.9 to the exact one here; the
+    # first PC must be numpy's exact first right singular vector of the centred data.
+    rng = np.random.default_rng(9)
+    n, d = 63, 576
+    diffs = rng.normal(size=(n, d)) * np.linspace(1.0, 0.97, d) + 0.05
+    u = np.linalg.svd(diffs - diffs.mean(axis=0), full_matrices=False)[2][0]
+    vbar = diffs.mean(axis=0)
+    expected = u * (u @ vbar)  # oriented with, and scaled to the projection of, the mean difference
+    np.testing.assert_allclose(pca_diff(diffs), expected, rtol=1e-6, atol=1e-9)
+    neg = rng.normal(size=(n, d))
+    pos = neg + diffs
+    allx = np.vstack([pos, neg])
+    u2 = np.linalg.svd(allx - allx.mean(axis=0), full_matrices=False)[2][0]
+    np.testing.assert_allclose(pca_center(pos, neg), u2 * (u2 @ vbar), rtol=1e-6, atol=1e-9)
+
+
 def test_orient_and_scale() -> None:
     vbar = np.array([3.0, 4.0])
     np.testing.assert_allclose(orient_and_scale(np.array([-2.0, 0.0]), vbar), [3.0, 0.0])

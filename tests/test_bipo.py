@@ -8,9 +8,10 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 import saas.bipo as bipo
-from saas.bipo import PromptCache, layout, train_bipo
+from saas.bipo import train_bipo
 from saas.data import Instance
 from saas.evaluation import answer_logprobs
+from saas.forward import PromptCache, layout
 from saas.models import convert_default, wrap_model
 from saas.steering import SteeringVector
 

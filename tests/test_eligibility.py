@@ -277,3 +277,70 @@ def test_degenerate_inputs_raise() -> None:
     with pytest.raises(EligibilityError, match="kappa"):
         apply_cutoff(proj, kappa=float("nan"))
     assert issubclass(EligibilityError, ValueError)
+
+
+# --------------------------------------------------------------------------------------------
+# independent oracles (numpy written out here), the exact cutoff boundary, polarity balance
+
+
+def test_consistency_cosines_equal_numpy_against_the_mean_local_vector() -> None:
+    rng = np.random.default_rng(3)
+    pos = rng.normal(size=(40, 16)) + rng.normal(size=16)
+    neg = rng.normal(size=(40, 16))
+    diffs = pos - neg
+    vbar = diffs.mean(axis=0)
+    expected = diffs @ vbar / (np.linalg.norm(diffs, axis=1) * np.linalg.norm(vbar))
+    for axis in ("fisher", "mean_diff"):
+        proj = project(pos, neg, axis=axis)
+        np.testing.assert_allclose(proj.cosine, expected, rtol=1e-10, atol=1e-12)
+        if axis == "fisher":  # the reference is the mean local vector, NOT the Fisher axis (they differ)
+            against_axis = diffs @ proj.direction / np.linalg.norm(diffs, axis=1)
+            assert np.max(np.abs(against_axis - expected)) > 1e-3
+        np.testing.assert_array_equal(apply_cutoff(proj, 0.0).consistent, expected > 0)
+
+
+def test_cutoff_boundary_is_inclusive_exactly_at_kappa_times_d() -> None:
+    # Gaps 1, 2, 3 on a mean-difference axis: D = 2, kappa = 0.5 -> cutoff exactly 1.0 (binary exact).
+    proj = Projection(axis="mean_diff", direction=np.array([1.0]), p=np.array([1.0, 2.0, 3.0]),
+                      n=np.zeros(3), D=2.0, shrinkage=0.0, shrinkage_method="none", cosine=np.ones(3))
+    res = apply_cutoff(proj, kappa=0.5)
+    assert res.cutoff == 1.0
+    assert res.separable.tolist() == [True, True, True]  # gap == cutoff is separable (>=)
+    assert apply_cutoff(proj, kappa=0.5 + 1e-12).separable.tolist() == [False, True, True]
+    # Consistency is strict: cos == 0 is not consistent.
+    zero = Projection.from_dict({**proj.to_dict(), "cosine": [0.0, 1e-300, -1e-300]})
+    assert apply_cutoff(zero, 0.0).consistent.tolist() == [False, True, False]
+
+
+def test_polarity_balanced_reference_equals_numpy_and_stops_the_majority_token_winning() -> None:
+    # Yes/No-style data: v_i = s_i * t + b, t the answer-token direction (large), b the behaviour
+    # direction (small), s_i = +1 for "Yes" positives, -1 for "No". 52 % Yes: the plain mean is
+    # dominated by 0.04 t and keeps the Yes polarity only; the balanced mean is b.
+    rng = np.random.default_rng(0)
+    d, n = 32, 100
+    t = np.zeros(d)
+    t[0] = 30.0
+    b = np.zeros(d)
+    b[1] = 1.0
+    tokens = np.array(["Yes"] * 52 + ["No"] * 48)
+    sign = np.where(tokens == "Yes", 1.0, -1.0)
+    diffs = sign[:, None] * t + b + 0.05 * rng.normal(size=(n, d))
+    neg = rng.normal(size=(n, d))
+    pos = neg + diffs
+    mean_proj = project(pos, neg, axis="mean_diff")
+    kept_mean = apply_cutoff(mean_proj, 0.0).consistent
+    assert set(tokens[kept_mean]) == {"Yes"}  # the method as specified: one polarity survives
+    bal = project(pos, neg, axis="mean_diff", consistency="polarity-balanced", groups=tokens.tolist())
+    ref = (diffs[tokens == "Yes"].mean(axis=0) + diffs[tokens == "No"].mean(axis=0)) / 2
+    expected = diffs @ ref / (np.linalg.norm(diffs, axis=1) * np.linalg.norm(ref))
+    np.testing.assert_allclose(bal.cosine, expected, rtol=1e-9, atol=1e-12)
+    res = apply_cutoff(bal, 0.0)
+    assert set(tokens[res.consistent]) == {"Yes", "No"} and res.consistent.mean() > 0.9
+    assert res.consistency == "polarity-balanced" and "positive-answer tokens" in res.rule
+    # One token: identical to the default; no tokens: a clear error.
+    same = project(pos, neg, axis="mean_diff", consistency="polarity-balanced", groups=["Yes"] * n)
+    np.testing.assert_allclose(same.cosine, mean_proj.cosine)
+    with pytest.raises(EligibilityError, match="needs the positive answer token"):
+        project(pos, neg, consistency="polarity-balanced")
+    with pytest.raises(EligibilityError, match="unknown consistency"):
+        project(pos, neg, consistency="median")  # type: ignore[arg-type]

@@ -100,3 +100,74 @@ def test_gguf_rejects_a_model_file(tmp_path: Path) -> None:
     writer.close()
     with pytest.raises(ValueError, match="not a control vector"):
         load_gguf(path)
+
+
+# --------------------------------------------------------------------------------------------
+# `saas export` (a run folder written the way `saas run` writes it; no model needed)
+
+
+@pytest.fixture()
+def run_dir(tmp_path: Path) -> Path:
+    from saas.pipeline import RunConfig
+
+    run = tmp_path / "run"
+    g = torch.Generator().manual_seed(1)
+    for method, layer in (("saas", 15), ("caa", 15), ("pca-diff", 0)):
+        save_vector(SteeringVector.from_array(torch.randn(576, generator=g), layer, method), run / "vectors" / method)
+    (run / "config.json").write_text(json.dumps(RunConfig(layer=15).to_dict()))
+    (run / "summary.json").write_text(json.dumps({"methods": ["caa", "pca-diff", "saas"]}))
+    (run / "split.json").write_text(json.dumps({"train": [], "val": [], "test": []}))
+    return run
+
+
+def _read_direction(path: Path) -> tuple[str, dict[str, np.ndarray]]:
+    reader = gguf.GGUFReader(str(path))
+    f = reader.get_field("general.architecture")
+    arch = bytes(f.parts[f.data[0]]).decode()
+    return arch, {t.name: np.array(t.data, dtype=np.float32).reshape(-1) for t in reader.tensors}
+
+
+def test_cli_export_gguf_reads_back_with_the_gguf_package(run_dir: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from saas.cli import main
+
+    out = tmp_path / "gguf"
+    assert main(["export", "--run", str(run_dir), "--method", "saas,caa", "--format", "gguf", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "--control-vector-scaled" in printed
+    for method in ("saas", "caa"):
+        arch, tensors = _read_direction(out / f"{method}.gguf")
+        assert arch == "controlvector" and list(tensors) == ["direction.15"]
+        np.testing.assert_array_equal(tensors["direction.15"], load_vector(run_dir / "vectors" / method).numpy(15))
+    # one method: --out is the file (suffix added)
+    assert main(["export", "--run", str(run_dir), "--method", "saas", "--out", str(tmp_path / "one")]) == 0
+    assert (tmp_path / "one.gguf").is_file()
+    # one method into an existing folder
+    assert main(["export", "--run", str(run_dir), "--method", "caa", "--out", str(out)]) == 0
+    assert load_gguf(out / "caa.gguf").layers == [15]
+
+
+def test_cli_export_safetensors(run_dir: Path, tmp_path: Path) -> None:
+    from saas.cli import main
+
+    out = tmp_path / "st"
+    assert main(["export", "--run", str(run_dir), "--method", "saas,pca-diff", "--format", "safetensors", "--out", str(out)]) == 0
+    for method in ("saas", "pca-diff"):
+        back, orig = load_vector(out / method), load_vector(run_dir / "vectors" / method)
+        assert back.layers == orig.layers and all(torch.equal(back.vectors[k], orig.vectors[k]) for k in orig.layers)
+        assert (out / f"{method}.json").is_file()
+
+
+def test_cli_export_errors_are_clear(run_dir: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from saas.cli import main
+
+    assert main(["export", "--run", str(run_dir), "--method", "saas,bipo", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "no vector for bipo" in err and "caa, pca-diff, saas" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()  # nothing written when one method is missing
+    assert main(["export", "--run", str(run_dir), "--method", "pca-diff", "--out", str(tmp_path / "y")]) == 2
+    assert "layer 0" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert main(["export", "--run", str(run_dir), "--method", "saas,caa", "--out", str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert main(["export", "--run", str(tmp_path / "nowhere"), "--method", "saas", "--out", str(tmp_path / "z")]) == 2
+    assert "not a run folder" in capsys.readouterr().err

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from saas.generation import generate, generate_side_by_side, stream_generate
+from saas.generation import (
+    Column,
+    comparison_columns,
+    generate,
+    generate_columns,
+    generate_side_by_side,
+    stream_columns,
+    stream_generate,
+)
 from saas.models import LoadedModel, load_model
 from saas.steering import SteeringVector
 
@@ -86,3 +94,58 @@ def test_batched_generation_returns_one_text_per_prompt(lm: LoadedModel) -> None
     with pytest.raises(ValueError):
         generate(lm, prompts, max_new_tokens=0)
     assert np.all([_n_hooks(lm) == 0])
+
+
+SYSTEM = "Respond in a way that shows optimism: expect a good outcome and point to reasons for hope."
+
+
+@pytest.mark.parametrize("with_all", [False, True])
+def test_batched_columns_equal_the_same_columns_generated_alone(lm: LoadedModel, strong: SteeringVector, with_all: bool,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Greedy: every column of one batch (different vectors, system prompts of other lengths, and a
+    column steering every position, or not) equals that column generated alone with the single-vector
+    API. Without an "all" column the rows that share a prompt share its forward (the prompt cache)."""
+    import saas.generation as generation
+
+    shared: list[bool] = []
+    real = generation.shared_prompt_cache
+    monkeypatch.setattr(generation, "shared_prompt_cache", lambda *a: shared.append((c := real(*a)) is not None) or c)
+    cols = [Column("base"), Column("prompted", system=SYSTEM), Column("random", strong, 0.5),
+            Column("prompted+random", strong, 0.5, SYSTEM), Column("random-neg", strong, -0.5)]
+    if with_all:
+        cols[-1] = Column("random-all", strong, 0.25, positions="all")
+    batched = generate_columns(lm, PROMPT, cols, max_new_tokens=16)
+    assert shared == ([] if with_all else [True])
+    assert list(batched) == [c.name for c in cols]
+    for c in cols:
+        alone = generate(lm, [PROMPT], vector=c.vector, alpha=c.alpha, system=c.system,
+                         positions=c.positions or "generated", max_new_tokens=16)[0]
+        assert batched[c.name] == alone, c.name
+    assert len(set(batched.values())) >= 4  # the columns really differ
+    assert _n_hooks(lm) == 0
+
+
+def test_stream_columns_streams_every_column_together(lm: LoadedModel, strong: SteeringVector) -> None:
+    cols = [Column("base"), Column("random", strong, 0.5), Column("prompted", system=SYSTEM)]
+    pieces = list(stream_columns(lm, PROMPT, cols, max_new_tokens=N))
+    texts = generate_columns(lm, PROMPT, cols, max_new_tokens=N)
+    assert {c.name: "".join(p for i, p in pieces if i == k) for k, c in enumerate(cols)} == texts
+    first = {i: min(k for k, (j, _) in enumerate(pieces) if j == i) for i in range(3)}
+    last = {i: max(k for k, (j, _) in enumerate(pieces) if j == i) for i in range(3)}
+    assert all(first[i] < last[j] for i in range(3) for j in range(3))  # interleaved, not one after another
+    stream = stream_columns(lm, PROMPT, cols, max_new_tokens=200)
+    assert next(stream)
+    stream.close()  # stops the worker at its next token and joins it
+    assert _n_hooks(lm) == 0
+
+
+def test_comparison_columns_order_and_prompted_columns(strong: SteeringVector) -> None:
+    cols = comparison_columns({"base": None, "caa": strong, "saas": strong}, 1.5, system=SYSTEM, prompted_with=["saas"])
+    assert [c.name for c in cols] == ["base", "prompted", "caa", "saas", "prompted+saas"]
+    assert cols[1].system == SYSTEM and cols[1].vector is None
+    assert cols[-1].system == SYSTEM and cols[-1].vector is strong and cols[-1].alpha == 1.5
+    assert [c.name for c in comparison_columns({"base": None, "caa": strong}, 1.0)] == ["base", "caa"]
+    with pytest.raises(KeyError):
+        comparison_columns({"base": None}, 1.0, system=SYSTEM, prompted_with=["saas"])
+    with pytest.raises(ValueError, match="unique"):
+        generate_columns(None, PROMPT, [Column("a"), Column("a")])  # type: ignore[arg-type]

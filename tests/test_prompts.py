@@ -57,3 +57,48 @@ def test_plain_template_for_models_without_chat_template(tmp_path) -> None:
     assert prompt_text(tok, "Q?") == PLAIN_TEMPLATE.format(prompt="Q?")
     enc = encode(tok, "Q?", "(A)")
     assert tok.convert_ids_to_tokens(enc.ids[enc.read_index]) == "A"
+
+
+def test_system_prompt_replaces_the_default_one(tok) -> None:
+    default = prompt_text(tok, "Hi?")
+    assert prompt_text(tok, "Hi?", system=None) == default  # the template's own default system message
+    mine = prompt_text(tok, "Hi?", system="Be cheerful.")
+    assert mine.startswith("<|im_start|>system\nBe cheerful.<|im_end|>")
+    assert mine.endswith("<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n")
+    default_system = default.split("<|im_end|>")[0]
+    assert default_system not in mine
+
+
+def test_plain_template_with_a_system_prompt() -> None:
+    from saas.prompts import PLAIN_SYSTEM
+
+    class NoTemplate:
+        chat_template = None
+
+    assert prompt_text(NoTemplate(), "Q?", system="S.") == PLAIN_SYSTEM.format(system="S.") + PLAIN_TEMPLATE.format(prompt="Q?")
+
+
+def test_template_without_a_system_role_gets_it_in_the_user_turn() -> None:
+    class NoSystemRole:
+        chat_template = "x"
+
+        def apply_chat_template(self, messages, add_generation_prompt, tokenize):  # type: ignore[no-untyped-def]
+            if any(m["role"] == "system" for m in messages):
+                raise ValueError("System role not supported")
+            return "|".join(m["content"] for m in messages)
+
+    assert prompt_text(NoSystemRole(), "Q?", system="S.") == "S.\n\nQ?"
+
+
+def test_prompted_system_prompt_is_a_function_of_the_card() -> None:
+    from saas.data import BehaviourDataset
+    from saas.prompts import prompted_system_prompt
+
+    card = BehaviourDataset("optimism", "Optimism about the future.", [], "sentence",
+                            negative_description="Expecting the worst.")
+    assert prompted_system_prompt(card) == ("Respond in a way that shows optimism: Optimism about the future. "
+                                            "Do not: Expecting the worst.")
+    card.negative_description = ""
+    assert prompted_system_prompt(card) == "Respond in a way that shows optimism: Optimism about the future."
+    bare = BehaviourDataset("self_reliance", "relying  on oneself", [], "sentence", negative_description="asking for help")
+    assert prompted_system_prompt(bare) == "Respond in a way that shows self reliance: relying on oneself. Do not: asking for help"

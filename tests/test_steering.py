@@ -233,3 +233,109 @@ def test_cosine_matrix() -> None:
     assert m[0, 1] == pytest.approx(0.0) and m[0, 2] == pytest.approx(np.sqrt(0.5))
     assert m[0, 3] == pytest.approx(-1.0) and m[1, 5] == pytest.approx(1.0)
     assert m[4, 0] == 0.0 and np.isfinite(m).all()
+
+
+# --------------------------------------------------------------------------------------------
+# per-row steering (all side-by-side columns in one batch)
+
+
+def _plain_add(model: torch.nn.Module, layer: int, delta: torch.Tensor) -> object:
+    """An independent hook: add ``delta`` [B, d] to every position of ``layer``'s output."""
+    def hook(_m: torch.nn.Module, _i: object, out: object) -> object:
+        h = out[0] if isinstance(out, tuple) else out
+        new = h + delta[:, None, :]
+        return (new, *out[1:]) if isinstance(out, tuple) else new
+
+    return find_layers(model)[0][layer].register_forward_hook(hook)
+
+
+def test_rows_with_different_vectors_never_leak(model: torch.nn.Module) -> None:
+    """Row b's output at the steered layer changes by exactly alpha_b * v_b; the base row not at all,
+    at any layer; a row whose vector sits at another layer is unchanged by this layer's hook."""
+    from saas.steering import apply_rows
+
+    ids = torch.randint(0, 64, (4, 6), generator=torch.Generator().manual_seed(3))
+    v1, v2, v0 = _vec(1, seed=11), _vec(1, seed=12), _vec(0, seed=13)
+    rows = [(None, 0.0), (v1, 1.5), (v2, -2.0), (v0, 0.7)]
+    base_layers, base = _layer_outputs(model, ids)
+    with apply_rows(model, rows, positions="all"):
+        assert _n_hooks(model) == 2  # layers 0 and 1
+        layers, logits = _layer_outputs(model, ids)
+    assert _n_hooks(model) == 0
+    # the base row: bit-identical everywhere
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(layers, base_layers)) and torch.equal(logits[0], base[0])
+    # rows 1, 2: nothing below layer 1 moves; at layer 1 exactly alpha_b * v_b is added
+    for r, (vec, alpha) in ((1, rows[1]), (2, rows[2])):
+        assert torch.equal(layers[0][r], base_layers[0][r])
+        assert torch.equal(layers[1][r], base_layers[1][r] + alpha * vec.vectors[1])
+        torch.testing.assert_close(layers[1][r] - base_layers[1][r], (alpha * vec.vectors[1]).expand(6, D), atol=1e-5, rtol=0)
+    # row 3 is steered at layer 0 only; compare with a plain hook that adds its delta alone
+    delta0 = torch.zeros(4, D)
+    delta0[3] = 0.7 * v0.vectors[0]
+    h = _plain_add(model, 0, delta0)
+    try:
+        ref_layers, ref_logits = _layer_outputs(model, ids)
+    finally:
+        h.remove()
+    assert torch.equal(layers[0][3], ref_layers[0][3])
+    torch.testing.assert_close(layers[1][3], ref_layers[1][3], atol=1e-6, rtol=0)
+    torch.testing.assert_close(logits[3], ref_logits[3], atol=1e-5, rtol=0)
+
+
+def test_per_row_equals_single_vector_per_row(model: torch.nn.Module) -> None:
+    """Each row of a per-row batch equals that row steered alone with the single-vector API."""
+    from saas.steering import apply_rows
+
+    ids = torch.randint(0, 64, (3, 5), generator=torch.Generator().manual_seed(4))
+    rows = [(_vec(1, seed=21), 1.0), (None, 0.0), (_vec([0, 2], seed=22), -0.5)]
+    for positions in ("generated", "all", torch.tensor([1, 3, 4])):
+        with apply_rows(model, rows, positions=positions):
+            _, batched = _layer_outputs(model, ids)
+        for r, (vec, alpha) in enumerate(rows):
+            ctx = vec.apply(model, alpha, positions=positions[r : r + 1] if isinstance(positions, torch.Tensor) else positions) \
+                if vec is not None else torch.no_grad()
+            with ctx:
+                _, alone = _layer_outputs(model, ids[r : r + 1])
+            torch.testing.assert_close(batched[r], alone[0], atol=1e-5, rtol=0)
+
+
+def test_per_row_checks_and_threads(model: torch.nn.Module, ids: torch.Tensor) -> None:
+    from saas.steering import apply_rows, row_deltas
+
+    deltas = row_deltas([(None, 0.0), (_vec(1), 2.0), (_vec(1), 0.0)])
+    assert list(deltas) == [1] and deltas[1].shape == (3, D)
+    assert torch.equal(deltas[1][0], torch.zeros(D)) and torch.equal(deltas[1][2], torch.zeros(D))
+    assert row_deltas([(None, 0.0)]) == {}
+    with pytest.raises(ValueError, match="rows"), apply_rows(model, [(_vec(1), 1.0)] * 3, positions="all"):
+        model(input_ids=ids)  # the batch has 2 rows
+    with pytest.raises(ValueError, match="hidden sizes"):
+        row_deltas([(_vec(1), 1.0), (SteeringVector.from_array(torch.ones(D + 1), 1, "x"), 1.0)])
+    _, base = _layer_outputs(model, ids)
+    got: list[torch.Tensor] = []
+    with apply_rows(model, [(_vec(1), 10.0), (_vec(1), 10.0)], positions="all"):
+        t = threading.Thread(target=lambda: got.append(_layer_outputs(model, ids)[1]))
+        t.start()
+        t.join()
+    assert torch.equal(got[0], base)
+    assert _n_hooks(model) == 0
+
+
+def test_match_norms_keeps_directions_and_takes_the_reference_norm_per_layer() -> None:
+    from saas.steering import match_norms
+
+    rng = np.random.default_rng(0)
+    caa = SteeringVector({3: rng.normal(size=8), 5: rng.normal(size=8)}, "caa")
+    long = SteeringVector({3: 10 * rng.normal(size=8), 5: 0.1 * rng.normal(size=8)}, "saas")
+    matched = match_norms({"caa": caa, "saas": long})
+    assert matched["caa"] is caa
+    for layer in (3, 5):
+        a, b = matched["saas"].numpy(layer), long.numpy(layer)
+        assert np.linalg.norm(a) == pytest.approx(np.linalg.norm(caa.numpy(layer)), rel=1e-6)
+        assert float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) == pytest.approx(1.0, abs=1e-6)
+    assert matched["saas"].meta["norm_matched_to"] == "caa"
+    with pytest.raises(KeyError, match="no 'caa' vector"):
+        match_norms({"saas": long})
+    with pytest.raises(ValueError, match="across layers"):
+        match_norms({"caa": caa, "x": SteeringVector({3: np.ones(8)}, "x")})
+    with pytest.raises(ValueError, match="is zero at layer"):
+        SteeringVector({3: np.zeros(8), 5: np.ones(8)}, "z").scaled_to(caa)
