@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from saas import explore, figures
+from saas import annotations, explore, figures
 from saas_app import resources, state
 from saas_app.ui import instance_card, layer_overview, require_result, require_run
 
@@ -22,8 +22,14 @@ with st.expander(f"Dataset: {p.dataset.name} ({len(p.dataset)} pairs, {p.dataset
 
 @st.fragment
 def activation_map() -> None:
-    method = st.radio("Map", explore.MAP_METHODS, horizontal=True, key="act_map_method",
+    c1, c2 = st.columns([1, 2])
+    method = c1.radio("Map", explore.MAP_METHODS, horizontal=True, key="act_map_method",
                       help="PCA is instant; UMAP takes ~20 s the first time in a process and is then cached.")
+    colour = "eligibility"
+    if annotations.is_annotated(train):
+        colour = c2.radio("Colour by", ["eligibility", "annotation"], horizontal=True, key="act_colour",
+                          format_func={"eligibility": "answer side and eligibility",
+                                       "annotation": f"annotated quality ({annotations.NOTE})"}.get)
     done = st.session_state.setdefault("umap_done", set())
     if method == "UMAP" and (run.key, layer) not in done:
         if not st.button("Compute the UMAP map", key="act_umap"):
@@ -34,8 +40,10 @@ def activation_map() -> None:
         done.add((run.key, layer))
     coords = resources.map_coordinates(run.key, layer, method, p)
     rows = explore.map_rows(train, res.eligibility.eligible)
-    fig = resources.figure("map", (run.key, layer, method, explore.array_key(rows.eligible)), lambda: figures.activation_map(
-        coords, rows.is_positive, rows.eligible, rows.ids, method=method, hover=rows.hover))
+    quality = rows.quality if colour == "annotation" else None
+    fig = resources.figure("map", (run.key, layer, method, explore.array_key(rows.eligible), colour),
+                           lambda: figures.activation_map(coords, rows.is_positive, rows.eligible, rows.ids,
+                                                          method=method, hover=rows.hover, quality=quality))
     event = st.plotly_chart(fig, width="stretch", key="act_map", on_select="rerun", selection_mode="points")
     st.caption(f"Training split ({len(train)} pairs, {2 * len(train)} points) at layer {layer}; "
                "eligibility at the current kappa. Select a point to read its pair.")

@@ -10,9 +10,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from saas import evaluation, explore, figures
+from saas import annotations, evaluation, explore, figures
 from saas.data import Instance
-from saas.steering import cosine_matrix
+from saas.steering import cosine_matrix, match_norms
 from saas_app import artifacts, resources
 from saas_app.ui import label, model_lock, progress_bar, require_result, require_run, show_error
 
@@ -29,11 +29,20 @@ cap = st.number_input("Pairs per evaluation (at most; fewer is faster)", min_val
                       key="ev_cap", help="Each sweep uses the first pairs of its split, up to this many.")
 
 
-sig = (run.key, run.scores_key, res.layer, float(ss["kappa"]), ss["axis"], ss["shrinkage"], res.temperature, int(cap))
+sig = (run.key, run.scores_key, res.layer, float(ss["kappa"]), ss["axis"], ss["shrinkage"], ss["consistency"],
+       res.temperature, int(cap))
 
 
 def held_out(split: str) -> list[Instance]:
-    return p.instances(split)[: int(cap)]
+    """The split's pairs to evaluate on: the clean ones on annotated data, then the first ``cap``."""
+    insts = p.instances(split)
+    keep, _ = annotations.evaluation_pairs(insts)
+    return [insts[k] for k in keep][: int(cap)]
+
+
+def pairs_used(split: str) -> str:
+    insts = p.instances(split)
+    return annotations.evaluation_pairs(insts)[1] + (f", first {int(cap)}" if int(cap) < len(insts) else "")
 
 
 def run_sweep(name: str, fn: Callable[..., pd.DataFrame], *args: Any, **kw: Any) -> None:
@@ -63,11 +72,23 @@ methods = c1.multiselect("Methods", list(res.vectors), format_func=label, key="e
                          default=[m for m in ("caa", "saas", "uniform-eligible") if m in res.vectors])
 alphas = c2.multiselect("alpha", [-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0], default=[-1.0, 0.0, 1.0], key="ev_alphas")
 split = c3.radio("Split", ["test", "val"], key="ev_split", help="7:2:1 train / val / test")
+norm = st.checkbox("Norm-matched: rescale every vector to CAA's norm at this layer", key="ev_norm",
+                   help="alpha multiplies each vector as extracted, and the methods' vectors differ in length "
+                        "(|SAAS| / |CAA| = " + (f"{res.vectors['saas'].norm() / res.vectors['caa'].norm():.2f}"
+                                                if "saas" in res.vectors else "n/a") + "); norm-matched, only the "
+                        "directions differ.")
 if st.button("Run the alpha sweep", type="primary", key="ev_alpha_go", disabled=not methods or not alphas):
-    run_sweep("alpha", evaluation.alpha_sweep, p.lm, held_out(split), kind,
-              {m: res.vectors[m] for m in methods}, sorted(alphas))
+    chosen = {m: res.vectors[m] for m in methods}
+    if norm:
+        chosen = {m: v for m, v in match_norms({**chosen, "caa": res.vectors["caa"]}).items() if m in chosen}
+    run_sweep("alpha", evaluation.alpha_sweep, p.lm, held_out(split), kind, chosen, sorted(alphas))
+    if "alpha" in ss["evaluation"]:
+        ss["evaluation"]["alpha"]["norm"] = norm
+st.caption(f"Pairs used from the {split} split: {pairs_used(split)}.")
 df = stored("alpha")
 if df is not None:
+    if ss["evaluation"]["alpha"].get("norm"):
+        st.caption("Norm-matched: every vector at CAA's norm.")
     st.plotly_chart(figures.alignment_vs_alpha(df.assign(method=df["method"].map(label))), width="stretch",
                     key="ev_alpha_fig")
     st.markdown("**Table 1 style**: alignment per method and alpha; delta = largest minus smallest alpha.")

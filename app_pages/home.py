@@ -30,12 +30,12 @@ spec = state.spec()
 if spec is None:
     st.info(PREPARE_HINT)
     try:
-        ds = resources.dataset(RunSpec(limit=None))
+        ds = resources.dataset(RunSpec(dataset=st.session_state.get("sb_demo") or "demo", limit=None))
     except Exception as exc:
         show_error(exc)
         st.stop()
     stats = explore.dataset_stats(ds)
-    st.subheader(f"The bundled demo behaviour: {ds.name}")
+    st.subheader(f"The bundled demo behaviour: {ds.title or ds.name}")
     st.caption(ds.description)
     cols = st.columns(4)
     cols[0].metric("Pairs", stats["instances"])

@@ -56,7 +56,7 @@ def map_coordinates(pos: np.ndarray, neg: np.ndarray, method: str = "PCA", seed:
         from sklearn.decomposition import PCA
 
         k = min(2, x.shape[0], x.shape[1])
-        coords = PCA(n_components=k).fit_transform(x)
+        coords = PCA(n_components=k, svd_solver="full").fit_transform(x)
     elif method.upper() == "UMAP":
         import umap
 
@@ -84,17 +84,23 @@ class MapRows:
     eligible: np.ndarray
     ids: list[str]
     hover: list[str]
+    quality: list[str] | None = None
 
 
 def map_rows(instances: Sequence[Instance], eligible: np.ndarray) -> MapRows:
-    """Labels for :func:`map_coordinates`' rows, for :func:`saas.figures.activation_map`."""
+    """Labels for :func:`map_coordinates`' rows, for :func:`saas.figures.activation_map`.
+
+    ``quality`` holds each row's annotated quality when the instances are annotated (else None)."""
+    from saas.annotations import is_annotated, qualities
+
     n = len(instances)
     elig = np.asarray(eligible, dtype=bool)
     if elig.shape != (n,):
         raise ValueError(f"eligible must be [N={n}], got {elig.shape}")
     ids = [i.id for i in instances]
     hover = [f"{i.prompt}\n-> (+) {i.positive}" for i in instances] + [f"{i.prompt}\n-> (-) {i.negative}" for i in instances]
-    return MapRows(np.repeat([True, False], n), np.concatenate([elig, elig]), ids + ids, hover)
+    quality = qualities(instances) * 2 if is_annotated(instances) else None
+    return MapRows(np.repeat([True, False], n), np.concatenate([elig, elig]), ids + ids, hover, quality)
 
 
 def map_row_instance(row: int, n: int) -> int:
@@ -132,6 +138,8 @@ def layer_projections(
     train: Sequence[int],
     axis: str = "fisher",
     shrinkage: str | float = "ledoit-wolf",
+    consistency: str = "mean",
+    groups: Sequence[str] | None = None,
 ) -> list[Projection | str]:
     """The projection of the training instances at every layer (the solves a kappa change reuses).
 
@@ -143,7 +151,8 @@ def layer_projections(
     out: list[Projection | str] = []
     for layer in range(positive.shape[1]):
         try:
-            out.append(project(positive[idx, layer], negative[idx, layer], axis=axis, shrinkage=shrinkage))  # type: ignore[arg-type]
+            out.append(project(positive[idx, layer], negative[idx, layer], axis=axis,  # type: ignore[arg-type]
+                               shrinkage=shrinkage, consistency=consistency, groups=groups))  # type: ignore[arg-type]
         except EligibilityError as exc:
             out.append(str(exc))
     return out
@@ -212,7 +221,7 @@ def instance_frame(dataset: BehaviourDataset, split: Mapping[str, Sequence[int]]
     })
     if split is not None:
         df.insert(1, "split", [where.get(k, "") for k in range(len(dataset))])
-    return df
+    return _with_annotation(df, dataset.instances, range(len(dataset)), at=len(df.columns))
 
 
 def dataset_stats(dataset: BehaviourDataset) -> dict[str, Any]:
@@ -231,18 +240,39 @@ def dataset_stats(dataset: BehaviourDataset) -> dict[str, Any]:
     }
 
 
-def dropped_frame(elig: EligibilityResult, instances: Sequence[Instance]) -> pd.DataFrame:
-    """The instances eligibility dropped, with their reasons, gap, cosine and texts."""
+ANNOTATION_COLUMN = "annotation (not used by the method)"
+
+
+def _with_annotation(df: pd.DataFrame, instances: Sequence[Instance], rows: Sequence[int], at: int = 1) -> pd.DataFrame:
+    """Insert the :data:`ANNOTATION_COLUMN` (quality · facet) when the instances are annotated."""
+    from saas.annotations import annotation_labels, is_annotated
+
+    if is_annotated(instances):
+        labels = annotation_labels(instances)
+        df.insert(at, ANNOTATION_COLUMN, [labels[int(k)] for k in rows])
+    return df
+
+
+def dropped_frame(elig: EligibilityResult, instances: Sequence[Instance],
+                  steerability: np.ndarray | None = None) -> pd.DataFrame:
+    """The instances eligibility dropped, with their reasons, gap, cosine and texts (and their
+    annotation, when the dataset has one; and their steerability slope, when given: [N] in the
+    order of ``instances``)."""
     keep = ~np.asarray(elig.eligible, dtype=bool)
     idx = np.flatnonzero(keep)
-    return pd.DataFrame({
+    df = pd.DataFrame({
         "id": [elig.ids[k] for k in idx],
         "reasons": ["; ".join(elig.reasons[k]) for k in idx],
         "gap": elig.gap[idx],
         "cutoff": np.full(idx.size, elig.cutoff),
         "cosine": elig.cosine[idx],
         "prompt": [instances[k].prompt for k in idx],
-    }, columns=["id", "reasons", "gap", "cutoff", "cosine", "prompt"])
+        "positive": [instances[k].positive for k in idx],
+        "negative": [instances[k].negative for k in idx],
+    }, columns=["id", "reasons", "gap", "cutoff", "cosine", "prompt", "positive", "negative"])
+    if steerability is not None:
+        df.insert(5, "steerability", np.asarray(steerability, dtype=np.float64)[idx])
+    return _with_annotation(df, instances, idx.tolist())
 
 
 def selected_point(points: Sequence[Mapping[str, Any]] | None) -> int | None:
@@ -316,13 +346,22 @@ def top_bottom(
     order = idx[np.argsort(-w[idx], kind="stable")]
 
     def frame(sel: np.ndarray) -> pd.DataFrame:
-        return pd.DataFrame({
+        df = pd.DataFrame({
             "id": [instances[j].id for j in sel], "weight": w[sel], "score": np.asarray(importance, dtype=np.float64)[sel],
             "prompt": [instances[j].prompt for j in sel], "positive": [instances[j].positive for j in sel],
-        }, columns=["id", "weight", "score", "prompt", "positive"])
+            "negative": [instances[j].negative for j in sel],
+        }, columns=["id", "weight", "score", "prompt", "positive", "negative"])
+        return _with_annotation(df, instances, sel.tolist())
 
     k = max(0, min(k, order.size))
     return frame(order[:k]), frame(order[::-1][:k])
+
+
+def instance_hover(inst: Instance) -> str:
+    """Hover text of an instance: prompt, both answers, and its annotation when it has one."""
+    note = " · ".join(p for p in (inst.quality, inst.facet) if p)
+    text = f"{inst.prompt}\n(+) {inst.positive}\n(-) {inst.negative}"
+    return text + (f"\nannotation (not used by the method): {note}" if note else "")
 
 
 def relevance_view(run: AgentRun, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:

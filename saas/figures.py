@@ -30,8 +30,10 @@ from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
 __all__ = [
+    "ANNOTATION_NOTE",
     "COLORS",
     "METHOD_COLORS",
+    "QUALITY_COLORS",
     "TEMPLATE",
     "activation_map",
     "alignment_vs_alpha",
@@ -43,6 +45,7 @@ __all__ = [
     "layer_sweep",
     "method_color",
     "relevance_heatmap",
+    "steerability_scatter",
     "subbehaviour_tree",
     "temperature_sweep",
     "weight_bars",
@@ -65,6 +68,18 @@ COLORS: dict[str, str] = {
     "root": "#DDE6F0",  # the behaviour node of the sub-behaviour tree
 }
 """Semantic colours shared by all figures (colour-blind-safe Okabe-Ito / Tol picks)."""
+
+QUALITY_COLORS: dict[str, str] = {
+    "clean": "#0072B2",
+    "swapped": "#D55E00",
+    "neutral": "#7F7F7F",
+    "confounded": "#CC79A7",
+    "weak": "#E69F00",
+    "unannotated": "#B8B8B8",
+}
+"""One colour per annotated quality (the ``quality`` annotation; never used by the method)."""
+
+ANNOTATION_NOTE = "annotation, not used by the method"
 
 METHOD_COLORS: dict[str, str] = {
     "SAAS": "#CC3311",
@@ -197,6 +212,7 @@ def activation_map(
     ids: list[str],
     method: str = "PCA",
     hover: list[str] | None = None,
+    quality: Sequence[str] | None = None,
 ) -> go.Figure:
     """2-D map of the 2N activations (positive and negative answer of every instance).
 
@@ -208,10 +224,15 @@ def activation_map(
         method: Name of the projection; ``"PCA"`` gives axis titles "PC 1"/"PC 2", anything else
             ``"<method> 1"``/``"<method> 2"``.
         hover: Optional 2N texts (e.g. prompt + answer) shown on hover.
+        quality: Optional 2N annotated qualities (``"clean"``, ``"swapped"``, ...; the row's
+            instance's): colour by annotation instead (circles = y+, diamonds = y-, hollow =
+            dropped), one trace per quality, named ``"<quality> (annotation, not used by the
+            method)"``.
 
     Returns:
         Up to four scatter traces: positive / negative (filled) and positive / negative dropped
-        (hollow, faded). ``customdata`` is the row index into ``coords``.
+        (hollow, faded); with ``quality``, one trace per quality present. ``customdata`` is the
+        row index into ``coords``.
     """
     xy = np.asarray(coords, dtype=float)
     if xy.ndim != 2 or xy.shape[1] != 2:
@@ -219,7 +240,10 @@ def activation_map(
     n_rows = xy.shape[0]
     pos = _vector("is_positive", is_positive, dtype=bool)
     keep = _vector("eligible", eligible, dtype=bool)
-    _check_len(n_rows, is_positive=pos, eligible=keep, ids=ids, hover=hover)
+    _check_len(n_rows, is_positive=pos, eligible=keep, ids=ids, hover=hover, quality=quality)
+    label = "PC" if method.upper() == "PCA" else method
+    if quality is not None:
+        return _annotated_map(xy, pos, keep, ids, hover, list(quality), method, label)
 
     fig = go.Figure()
     groups = [
@@ -259,7 +283,6 @@ def activation_map(
                 hovertemplate="%{hovertext}<extra>%{fullData.name}</extra>",
             )
         )
-    label = "PC" if method.upper() == "PCA" else method
     return _style(
         fig,
         f"Activations ({method}): positive vs negative answers",
@@ -377,6 +400,40 @@ def layer_chart(
     return fig
 
 
+def _quality_order(quality: Sequence[str]) -> list[str]:
+    known = [q for q in QUALITY_COLORS if q in set(quality)]
+    return known + sorted(set(quality) - set(known))
+
+
+def _annotated_map(xy: np.ndarray, pos: np.ndarray, keep: np.ndarray, ids: list[str], hover: list[str] | None,
+                   quality: list[str], method: str, label: str) -> go.Figure:
+    """:func:`activation_map` coloured by annotated quality (symbol: answer side; hollow: dropped)."""
+    q = np.asarray(quality, dtype=object)
+    fig = go.Figure()
+    for kind in _quality_order(quality):
+        rows = np.flatnonzero(q == kind)
+        symbols = [("circle" if pos[r] else "diamond") + ("" if keep[r] else "-open") for r in rows]
+        texts = [
+            f"<b>{_hover(ids[r])}</b> ({'y+' if pos[r] else 'y−'}{'' if keep[r] else ', dropped'})"
+            f"<br>annotation: {_hover(kind)}" + (f"<br>{_hover(hover[r])}" if hover is not None else "")
+            for r in rows
+        ]
+        color = QUALITY_COLORS.get(kind, _FALLBACK_COLORS[0])
+        fig.add_trace(go.Scatter(
+            x=xy[rows, 0], y=xy[rows, 1], mode="markers", name=f"{kind} ({ANNOTATION_NOTE})",
+            marker={"color": color, "symbol": symbols, "size": 8, "opacity": 0.85,
+                    "line": {"width": 1.2, "color": color}},
+            customdata=rows, hovertext=texts, hovertemplate="%{hovertext}<extra></extra>",
+        ))
+    return _style(fig, f"Activations ({method}) coloured by annotated quality: ● y+, ◆ y−, hollow = dropped",
+                  f"{label} 1", f"{label} 2")
+
+
+def _framed(values: np.ndarray, pad: float = 0.08) -> tuple[float, float]:
+    """A padded range around the finite values (the axis frame of a scatter)."""
+    return _padded_range(values, pad=pad)
+
+
 def eligibility_scatter(
     p: np.ndarray,
     n: np.ndarray,
@@ -387,11 +444,14 @@ def eligibility_scatter(
     ids: list[str],
     hover: list[str] | None = None,
     axis_label: str = "Fisher",
+    quality: Sequence[str] | None = None,
 ) -> go.Figure:
     """Projections of each instance's answers: x = n_i = w·a_i-, y = p_i = w·a_i+.
 
     The separability rule g_i = p_i - n_i >= kappa * D is the half-plane above the line
-    y = x + kappa * D, drawn exactly there; the diagonal p = n is dotted.
+    y = x + kappa * D, drawn exactly there; the diagonal p = n is dotted. The axes frame the
+    points (each axis its own padded range), not the lines: when the cutoff line runs outside the
+    frame, an annotation says on which side it lies.
 
     Args:
         p: [N] projections of the positive activations.
@@ -403,44 +463,58 @@ def eligibility_scatter(
         ids: N instance ids.
         hover: Optional N instance texts.
         axis_label: Name of the projection axis ("Fisher" or "mean-difference").
+        quality: Optional N annotated qualities: colour by annotation (one trace per quality,
+            named ``"<quality> (annotation, not used by the method)"``; circles = eligible,
+            crosses = dropped) instead of by eligibility.
 
     Returns:
-        Traces: "eligible" and "dropped" scatters (``customdata`` = instance index), the cutoff
-        line (named ``"cutoff p − n = κ·D (κ=0.50)"``) and the diagonal (named ``"p = n"``).
+        Traces: "eligible (k)" and "dropped (m)" scatters, or one per annotated quality
+        (``customdata`` = instance index), the cutoff line (named ``"cutoff p − n = κ·D
+        (κ=0.50)"``) and the diagonal (named ``"p = n"``).
     """
     pv = _vector("p", p)
     nv = _vector("n", n)
     keep = _vector("eligible", eligible, dtype=bool)
-    _check_len(len(pv), n=nv, eligible=keep, reasons=reasons, ids=ids, hover=hover)
+    _check_len(len(pv), n=nv, eligible=keep, reasons=reasons, ids=ids, hover=hover, quality=quality)
     offset = float(kappa) * float(D)
 
-    fig = go.Figure()
-    for name, mask, color, symbol in (
-        ("eligible", keep, COLORS["eligible"], "circle"),
-        ("dropped", ~keep, COLORS["dropped"], "x"),
-    ):
-        rows = np.flatnonzero(mask)
-        texts = [
+    def texts(rows: np.ndarray) -> list[str]:
+        return [
             f"<b>{_hover(ids[i])}</b><br>p = {pv[i]:.3g}, n = {nv[i]:.3g}, "
             f"gap = {pv[i] - nv[i]:.3g} (cutoff {offset:.3g})"
-            + (f"<br><i>dropped: {_hover(reasons[i])}</i>" if not keep[i] else "")
+            + (f"<br><i>dropped: {_hover(reasons[i])}</i>" if not keep[i] else "<br>eligible")
+            + (f"<br>annotation: {_hover(quality[i])}" if quality is not None else "")
             + (f"<br>{_hover(hover[i])}" if hover is not None else "")
             for i in rows
         ]
-        fig.add_trace(
-            go.Scatter(
-                x=nv[rows],
-                y=pv[rows],
-                mode="markers",
-                name=f"{name} ({rows.size})",
+
+    fig = go.Figure()
+    if quality is None:
+        for name, mask, color, symbol in (
+            ("eligible", keep, COLORS["eligible"], "circle"),
+            ("dropped", ~keep, COLORS["dropped"], "x"),
+        ):
+            rows = np.flatnonzero(mask)
+            fig.add_trace(go.Scatter(
+                x=nv[rows], y=pv[rows], mode="markers", name=f"{name} ({rows.size})",
                 marker={"color": color, "symbol": symbol, "size": 8, "opacity": 0.85},
-                customdata=rows,
-                hovertext=texts,
-                hovertemplate="%{hovertext}<extra></extra>",
-            )
-        )
-    lo, hi = _padded_range(pv, nv, nv + offset, pv - offset)
-    line_x = np.array([lo, hi])
+                customdata=rows, hovertext=texts(rows), hovertemplate="%{hovertext}<extra></extra>",
+            ))
+    else:
+        q = np.asarray(list(quality), dtype=object)
+        for kind in _quality_order(list(quality)):
+            rows = np.flatnonzero(q == kind)
+            n_drop = int((~keep[rows]).sum())
+            fig.add_trace(go.Scatter(
+                x=nv[rows], y=pv[rows], mode="markers",
+                name=f"{kind}: {rows.size - n_drop} kept, {n_drop} dropped ({ANNOTATION_NOTE})",
+                marker={"color": QUALITY_COLORS.get(kind, _FALLBACK_COLORS[0]),
+                        "symbol": ["circle" if keep[i] else "x" for i in rows], "size": 8, "opacity": 0.85},
+                customdata=rows, hovertext=texts(rows), hovertemplate="%{hovertext}<extra></extra>",
+            ))
+    x_lo, x_hi = _framed(nv)
+    y_lo, y_hi = _framed(pv)
+    line_x = np.array([x_lo, x_hi])
     fig.add_trace(
         go.Scatter(
             x=line_x,
@@ -461,6 +535,22 @@ def eligibility_scatter(
             hoverinfo="skip",
         )
     )
+    fig.update_xaxes(range=[x_lo, x_hi])
+    fig.update_yaxes(range=[y_lo, y_hi])
+    if x_hi + offset < y_lo:
+        side = "below"
+    elif x_lo + offset > y_hi:
+        side = "above"
+    else:
+        side = ""
+    if side:
+        fig.add_annotation(
+            xref="paper", yref="paper", x=0.01, y=0.0 if side == "below" else 1.0,
+            yanchor="bottom" if side == "below" else "top", xanchor="left", showarrow=False,
+            text=f"the cutoff line p − n = {offset:.3g} runs {side} this frame: every point is "
+                 f"{'above' if side == 'below' else 'below'} it",
+            font={"color": COLORS["cutoff"], "size": 11},
+        )
     n_keep = int(keep.sum())
     return _style(
         fig,
@@ -468,6 +558,82 @@ def eligibility_scatter(
         f"(κ={kappa:.2f}, D={D:.3g}) — {n_keep}/{len(pv)} eligible",
         f"n_i = w·a_i− ({axis_label} projection)",
         f"p_i = w·a_i+ ({axis_label} projection)",
+    )
+
+
+def steerability_scatter(
+    x: np.ndarray,
+    slope: np.ndarray,
+    eligible: np.ndarray,
+    ids: list[str],
+    x_label: str = "gap p_i − n_i",
+    hover: list[str] | None = None,
+    quality: Sequence[str] | None = None,
+) -> go.Figure:
+    """Per-instance steerability (y) against an eligibility statistic (x: the gap or the cosine).
+
+    Steerability is the least-squares slope of the pair's own preference (log-ratio of its two
+    answers) against the steering multiplier alpha; below the zero line a pair is anti-steerable:
+    adding the vector makes the model prefer its negative answer more.
+
+    Args:
+        x: [N] the gap p_i - n_i or cos(v_i, v̄).
+        slope: [N] steerability slopes.
+        eligible: [N] bool.
+        ids: N instance ids.
+        x_label: Title of the x axis.
+        hover: Optional N instance texts.
+        quality: Optional N annotated qualities: colour by annotation (symbol = eligible / dropped).
+
+    Returns:
+        Scatter traces ("eligible (k, a anti-steerable)" / "dropped (...)", or one per quality),
+        ``customdata`` = instance index, and a dashed horizontal line at slope 0.
+    """
+    xv = _vector("x", x)
+    sv = _vector("slope", slope)
+    keep = _vector("eligible", eligible, dtype=bool)
+    _check_len(len(xv), slope=sv, eligible=keep, ids=ids, hover=hover, quality=quality)
+
+    def texts(rows: np.ndarray) -> list[str]:
+        return [
+            f"<b>{_hover(ids[i])}</b><br>{html.escape(x_label)} = {xv[i]:.3g}, steerability = {sv[i]:.3g}"
+            + (" (anti-steerable)" if sv[i] < 0 else "") + ("<br>eligible" if keep[i] else "<br>dropped")
+            + (f"<br>annotation: {_hover(quality[i])}" if quality is not None else "")
+            + (f"<br>{_hover(hover[i])}" if hover is not None else "")
+            for i in rows
+        ]
+
+    fig = go.Figure()
+    if quality is None:
+        groups = [("eligible", keep, COLORS["eligible"], "circle"), ("dropped", ~keep, COLORS["dropped"], "x")]
+        for name, mask, color, symbol in groups:
+            rows = np.flatnonzero(mask)
+            anti = int((sv[rows] < 0).sum())
+            fig.add_trace(go.Scatter(
+                x=xv[rows], y=sv[rows], mode="markers", name=f"{name} ({rows.size}, {anti} anti-steerable)",
+                marker={"color": color, "symbol": symbol, "size": 8, "opacity": 0.85},
+                customdata=rows, hovertext=texts(rows), hovertemplate="%{hovertext}<extra></extra>",
+            ))
+    else:
+        q = np.asarray(list(quality), dtype=object)
+        for kind in _quality_order(list(quality)):
+            rows = np.flatnonzero(q == kind)
+            anti = int((sv[rows] < 0).sum())
+            fig.add_trace(go.Scatter(
+                x=xv[rows], y=sv[rows], mode="markers",
+                name=f"{kind}: {anti} of {rows.size} anti-steerable ({ANNOTATION_NOTE})",
+                marker={"color": QUALITY_COLORS.get(kind, _FALLBACK_COLORS[0]),
+                        "symbol": ["circle" if keep[i] else "x" for i in rows], "size": 8, "opacity": 0.85},
+                customdata=rows, hovertext=texts(rows), hovertemplate="%{hovertext}<extra></extra>",
+            ))
+    fig.add_hline(y=0.0, line={"color": COLORS["reference"], "dash": "dash", "width": 1.5},
+                  annotation_text="slope 0: below = anti-steerable", annotation_position="bottom right")
+    n_anti = int((sv < 0).sum())
+    return _style(
+        fig,
+        f"Steerability vs {x_label}: {n_anti}/{len(sv)} pairs anti-steerable",
+        x_label,
+        "steerability (slope of the pair's log-ratio vs α)",
     )
 
 

@@ -15,9 +15,14 @@ APP = Path(__file__).resolve().parent.parent / "app.py"
 PAGES = ("home", "activations", "eligibility", "subbehaviours", "weights", "steering", "evaluation")
 
 
-def app_test(timeout: float = 600.0) -> AppTest:
-    """An AppTest of ``app.py`` (``timeout`` per run: Prepare may extract activations)."""
-    return AppTest.from_file(str(APP), default_timeout=timeout)
+def app_test(timeout: float = 600.0, auto_prepare: bool = False) -> AppTest:
+    """An AppTest of ``app.py`` (``timeout`` per run: Prepare may extract activations).
+
+    ``auto_prepare`` False (the default here) keeps the session from preparing the default run on
+    its first open, so that tests without a model stay fast."""
+    at = AppTest.from_file(str(APP), default_timeout=timeout)
+    at.session_state["auto_prepare"] = auto_prepare
+    return at
 
 
 def page_path(name: str) -> str:

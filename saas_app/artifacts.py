@@ -41,11 +41,12 @@ def run_bundle(prepared: Prepared, result: MethodResult, shrinkage: str | float 
     """The whole run as :func:`saas.pipeline.write_run` writes it, zipped.
 
     ``config.json`` records the settings the result was computed with (layer, kappa, axis,
-    shrinkage, temperature), not the run's defaults.
+    consistency, shrinkage, temperature), not the run's defaults.
     """
     el = result.eligibility
     config = dataclasses.replace(prepared.config, layer=result.layer, kappa=float(el.kappa), axis=el.axis,
-                                 shrinkage=shrinkage, temperature=float(result.temperature))
+                                 consistency=el.consistency, shrinkage=shrinkage,
+                                 temperature=float(result.temperature))
     with tempfile.TemporaryDirectory() as tmp:
         write_run(dataclasses.replace(prepared, config=config), result, Path(tmp) / "run")
         return _zip_folder(Path(tmp))

@@ -34,7 +34,15 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from saas import explore
-from saas.data import BehaviourDataset, discover_datasets, load_dataset, load_dataset_from_bytes
+from saas.data import (
+    BehaviourDataset,
+    DemoInfo,
+    discover_datasets,
+    is_demo_spec,
+    list_demos,
+    load_dataset,
+    load_dataset_from_bytes,
+)
 from saas.eligibility import Projection
 from saas.models import LoadedModel, load_model
 from saas.pipeline import (
@@ -44,6 +52,7 @@ from saas.pipeline import (
     agent_backend,
     cheap_projection,
     compute,
+    positive_tokens,
     prepare,
     run_agents_for,
     set_agent_run,
@@ -116,7 +125,7 @@ class RunSpec:
     """What the sidebar asks for; the expensive stages are keyed by it."""
 
     model: str = "default"
-    dataset: str = "demo"  # "demo", a file path, or an upload's file name
+    dataset: str = "demo"  # "demo" / "demo:<name>", a file path, or an upload's file name
     upload: bytes | None = field(default=None, repr=False, compare=False)
     upload_hash: str = ""
     limit: int | None = None
@@ -148,7 +157,7 @@ def _dataset(source: str, upload: bytes | None, limit: int | None, stamp: str) -
 def dataset(spec: RunSpec) -> BehaviourDataset:
     """The spec's dataset (raises :class:`saas.data.DatasetError` with file/line/field)."""
     stamp = ""
-    if spec.upload is None and spec.dataset != "demo":
+    if spec.upload is None and not is_demo_spec(spec.dataset):
         p = Path(spec.dataset).expanduser()
         if p.exists():
             st_ = p.stat()
@@ -255,31 +264,37 @@ def open_run(spec: RunSpec, overlay: Any = None, api_key: str | None = None, pro
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
-def projection(key: str, layer: int, axis: str, shrinkage: str | float, _prepared: Prepared) -> Projection:
+def projection(key: str, layer: int, axis: str, shrinkage: str | float, consistency: str,
+               _prepared: Prepared) -> Projection:
     """The Fisher / mean-difference projection at one layer (the only solve a slider could need)."""
-    return cheap_projection(_prepared, layer, axis, shrinkage)
+    return cheap_projection(_prepared, layer, axis, shrinkage, consistency)
 
 
 @st.cache_resource(show_spinner=False, max_entries=128)
 def method_result(key: str, scores_key: str, layer: int, kappa: float, axis: str, shrinkage: str | float,
-                  temperature: float | None, _prepared: Prepared) -> MethodResult:
+                  consistency: str, temperature: float | None, _prepared: Prepared) -> MethodResult:
     """Eligibility, weights and every vector for one setting (shared, read-only)."""
-    proj = projection(key, layer, axis, shrinkage, _prepared)
-    return compute(_prepared, layer=layer, kappa=kappa, axis=axis, temperature=temperature, projection=proj)
+    proj = projection(key, layer, axis, shrinkage, consistency, _prepared)
+    return compute(_prepared, layer=layer, kappa=kappa, axis=axis, temperature=temperature, projection=proj,
+                   consistency=consistency)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def layer_projections(key: str, axis: str, shrinkage: str | float, _prepared: Prepared) -> list[Projection | str]:
+def layer_projections(key: str, axis: str, shrinkage: str | float, consistency: str,
+                      _prepared: Prepared) -> list[Projection | str]:
     """Every layer's projection of the training split (the solves; kappa reuses them)."""
     acts = _prepared.acts
-    return explore.layer_projections(acts.positive, acts.negative, _prepared.train, axis, shrinkage)
+    groups = positive_tokens(_prepared.dataset, _prepared.train) if consistency != "mean" else None
+    return explore.layer_projections(acts.positive, acts.negative, _prepared.train, axis, shrinkage, consistency,
+                                     groups)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def layer_stats(key: str, kappa: float, axis: str, shrinkage: str | float, _prepared: Prepared) -> pd.DataFrame:
+def layer_stats(key: str, kappa: float, axis: str, shrinkage: str | float, consistency: str,
+                _prepared: Prepared) -> pd.DataFrame:
     """Separation D, eligible fraction, CAA norm and SNR for every layer (training split)."""
     acts = _prepared.acts
-    projections = layer_projections(key, axis, shrinkage, _prepared)
+    projections = layer_projections(key, axis, shrinkage, consistency, _prepared)
     return explore.layer_stats(acts.positive, acts.negative, _prepared.train, kappa, axis, shrinkage, projections)
 
 
@@ -292,6 +307,12 @@ def figure(kind: str, key: tuple[Any, ...], _build: Callable[[], go.Figure]) -> 
     ``_build`` (use content hashes such as :func:`saas.explore.array_key`).
     """
     return _build()
+
+
+@st.cache_data(show_spinner=False, max_entries=1)
+def demos() -> list[DemoInfo]:
+    """The bundled demo behaviours (for the sidebar's picker)."""
+    return list_demos()
 
 
 @st.cache_data(show_spinner=False, max_entries=4)

@@ -14,9 +14,17 @@ from saas_app.resources import RunSpec
 from saas_app.ui import bound, layer_suggestion, progress_bar, show_error
 
 MODEL_CHOICES = {"default": "Embedded SmolLM2-135M-Instruct", "path": "Local model folder", "hub": "Hugging Face hub id"}
-DATA_CHOICES = {"demo": "Demo behaviour (optimism)", "path": "A file path", "upload": "Upload a file"}
+DATA_CHOICES = {"demo": "A bundled demo behaviour", "path": "A file path", "upload": "Upload a file"}
 AGENT_CHOICES = {"offline": "Offline (sentence encoder)", "local": "Local chat model", "anthropic": "Anthropic (Claude)"}
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def auto_prepare_enabled() -> bool:
+    """Whether a new session prepares the default run by itself (``SAAS_APP_AUTOPREPARE=0`` turns it off;
+    a session may override it with ``st.session_state["auto_prepare"]``, as the tests do)."""
+    if "auto_prepare" in st.session_state:
+        return bool(st.session_state["auto_prepare"])
+    return os.environ.get("SAAS_APP_AUTOPREPARE", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def _env_limit() -> int:
@@ -41,7 +49,12 @@ def _dataset(limit: int | None) -> dict[str, Any] | None:
     """The dataset choice as RunSpec fields; an invalid upload shows its DatasetError and gives None."""
     kind = st.radio("Dataset", list(DATA_CHOICES), format_func=DATA_CHOICES.get, key="sb_data_kind")
     if kind == "demo":
-        return {"dataset": "demo"}
+        demos = {d.spec: d for d in resources.demos()}
+        picked = st.selectbox("Demo behaviour", list(demos), key="sb_demo",
+                              format_func=lambda spec: f"{demos[spec].title} ({demos[spec].n} pairs)",
+                              help="Written for this project: full-sentence reply pairs, about 20% of them with "
+                                   "annotated flaws (the method never reads the annotations).")
+        return {"dataset": picked}
     if kind == "path":
         found = resources.dataset_files(str(SHARED_DATA))
         picked = st.selectbox("Found datasets", [""] + found, key="sb_data_found",
@@ -76,8 +89,11 @@ def _agents() -> dict[str, Any]:
     return {"agents": kind, "agent_model": agent_model}
 
 
-def _prepare(spec: RunSpec, status: Any) -> None:
+def _prepare(spec: RunSpec, status: Any, auto: bool = False) -> None:
     with status:
+        if auto:
+            st.caption("Preparing the default run (embedded model, the first demo behaviour, offline agents); "
+                       "from the disk cache when present, shared with every other session of this server.")
         progress = progress_bar()
         try:
             run = resources.open_run(spec, None, state.api_key(), progress, retry_failed=True)
@@ -119,6 +135,10 @@ def render(status: Any) -> None:
         clicked = st.button("Prepare", type="primary", key="prepare", disabled=not ready, width="stretch")
         if clicked and spec is not None:
             _prepare(spec, status)
+        elif (spec is not None and state.spec() is None and auto_prepare_enabled()
+              and not st.session_state.get("auto_prepared")):
+            st.session_state["auto_prepared"] = True  # once per session, even if it fails
+            _prepare(spec, status, auto=True)
         current = state.spec()
         if current is None:
             st.caption("Nothing prepared yet.")

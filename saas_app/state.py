@@ -21,6 +21,7 @@ DEFAULTS: dict[str, Any] = {
     "kappa": 0.5,  # separability cutoff fraction of D
     "axis": "fisher",  # projection axis: fisher | mean_diff
     "shrinkage": "ledoit-wolf",  # or a ridge lambda (float)
+    "consistency": "mean",  # or "polarity-balanced" (token answers only)
     "log_t": None,  # log10 of the softmax temperature; None = automatic (spread of the scores)
     "layer": None,  # None = the middle layer
     "alpha": 1.0,  # steering multiplier (Eq. 2), as extracted: no re-normalisation
@@ -75,6 +76,12 @@ def layer(run: OpenRun) -> int:
     return int(chosen) if chosen is not None and 0 <= int(chosen) < n else default_layer(n)
 
 
+def consistency(run: OpenRun) -> str:
+    """The consistency reference in use ("polarity-balanced" only applies to token answers)."""
+    chosen = str(st.session_state.get("consistency") or "mean")
+    return chosen if run.prepared.dataset.answer_kind != "sentence" else "mean"
+
+
 def temperature() -> float | None:
     """The temperature the user chose, or None for the automatic one."""
     log_t = st.session_state.get("log_t")
@@ -85,4 +92,4 @@ def result(run: OpenRun) -> MethodResult:
     """Eligibility, weights and vectors at the session's settings (cached; no model)."""
     ss = st.session_state
     return resources.method_result(run.key, run.scores_key, layer(run), float(ss["kappa"]), str(ss["axis"]),
-                                   ss["shrinkage"], temperature(), run.prepared)
+                                   ss["shrinkage"], consistency(run), temperature(), run.prepared)

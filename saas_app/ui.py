@@ -145,7 +145,8 @@ def layer_suggestion(run: OpenRun) -> tuple[int, Any]:
     from saas_app import resources
 
     ss = st.session_state
-    stats = resources.layer_stats(run.key, float(ss["kappa"]), str(ss["axis"]), ss["shrinkage"], run.prepared)
+    stats = resources.layer_stats(run.key, float(ss["kappa"]), str(ss["axis"]), ss["shrinkage"], state.consistency(run),
+                                  run.prepared)
     return explore.suggest_layer(stats), stats
 
 
@@ -161,5 +162,5 @@ def layer_overview(run: OpenRun, layer: int) -> tuple[Any, int, Any]:
         return figures.layer_chart(stats["layer"].tolist(), stats["D"].tolist(), stats["eligible_fraction"].tolist(),
                                    stats["caa_norm"].tolist(), selected=layer, best=best)
 
-    key = (run.key, float(ss["kappa"]), str(ss["axis"]), ss["shrinkage"], layer)
+    key = (run.key, float(ss["kappa"]), str(ss["axis"]), ss["shrinkage"], state.consistency(run), layer)
     return resources.figure("layers", key, build), best, stats

@@ -57,7 +57,7 @@ def test_every_page_before_prepare_asks_for_prepare() -> None:
     assert [t.value for t in at.title] == ["SAAS Explorer"]
     assert at.button(key="prepare").label == "Prepare"
     assert "Prepare" in at.info[0].value
-    assert metric(at, "Pairs") == "90"  # the demo's table and metrics need no model
+    assert metric(at, "Pairs") == "150"  # the demo's table and metrics need no model
     for name in PAGES[1:]:
         goto(at, name)
         assert any("Prepare" in i.value for i in at.info), name
@@ -164,11 +164,27 @@ def test_saved_figures(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def app() -> AppTest:
-    at = app_test().run()
-    at.button(key="prepare").click().run()
+    """A session that opened the app: it prepared the default run by itself (no Prepare press)."""
+    at = app_test(auto_prepare=True).run()
     assert not problems(at), problems(at)
     assert any("Ready" in s.value for s in at.success), [e.value for e in at.error]
+    assert at.session_state["run_spec"].dataset == "demo" and at.session_state["run_spec"].agents == "offline"
     return at
+
+
+@pytest.mark.model
+def test_a_second_session_reuses_the_prepared_run_at_once(app: AppTest) -> None:
+    import time
+
+    t0 = time.perf_counter()
+    other = app_test(auto_prepare=True).run()  # another tab / collaborator opening the URL
+    seconds = time.perf_counter() - t0
+    assert not problems(other) and any("Ready" in s.value for s in other.success)
+    assert seconds < 30, seconds  # the server's prepared run, not a new extraction
+    goto(other, "eligibility")
+    assert metric(other, "Eligible") == metric(goto(app, "eligibility"), "Eligible")
+    other.slider(key="w_kappa").set_value(1.5).run()  # settings stay per session
+    assert app.session_state["kappa"] == 0.5
 
 
 @pytest.mark.model
@@ -180,8 +196,8 @@ def test_every_page_renders_after_prepare(app: AppTest) -> None:
         assert len(charts(app)) >= expected[name], (name, chart_titles(app))
         assert not app.error, (name, [e.value for e in app.error])
     goto(app, "home")
-    assert metric(app, "Pairs") == "90"
-    assert metric(app, "Train / val / test") == "63 / 18 / 9"
+    assert metric(app, "Pairs") == "150"
+    assert metric(app, "Train / val / test") == "105 / 30 / 15"
 
 
 @pytest.mark.model
@@ -190,7 +206,13 @@ def test_activations_map_and_umap_on_request(app: AppTest) -> None:
     titles = chart_titles(app)
     assert "Activations (PCA)" in titles[0] and "Per-layer" in titles[1]
     pca = charts(app)[0]
-    assert sum(len(t["hovertext"]) for t in pca["data"]) == 2 * 63  # both answers of every training pair
+    assert sum(len(t["hovertext"]) for t in pca["data"]) == 2 * 105  # both answers of every training pair
+    app.radio(key="act_colour").set_value("annotation").run()  # the demo is annotated
+    assert not problems(app)
+    names = [t["name"] for t in charts(app)[0]["data"]]
+    assert names[0] == "clean (annotation, not used by the method)" and len(names) == 5
+    assert sum(len(t["hovertext"]) for t in charts(app)[0]["data"]) == 2 * 105
+    app.radio(key="act_colour").set_value("eligibility").run()
     app.radio(key="act_map_method").set_value("UMAP").run()
     assert not problems(app) and any("UMAP runs on request" in i.value for i in app.info)
     assert "Activations (PCA)" not in chart_titles(app)[0]  # nothing slow ran on its own
@@ -212,19 +234,37 @@ def test_layer_select_in_the_sidebar(app: AppTest) -> None:
     app.selectbox(key="w_layer").set_value(15).run()
 
 
+def eligible_count(at: AppTest) -> tuple[int, int]:
+    kept, total = metric(at, "Eligible").split(" / ")
+    return int(kept), int(total)
+
+
 @pytest.mark.model
 def test_eligibility_kappa_axis_and_dropped_table(app: AppTest) -> None:
     goto(app, "eligibility")
-    assert metric(app, "Eligible") == "63 / 63"
+    n_elig, n_train = eligible_count(app)
+    assert n_train == 105 and 0 < n_elig <= n_train
     assert "Separability" in chart_titles(app)[0]
+    # The annotated demo: a quality x kept / dropped table that adds up to the metrics.
+    quality = [d.value for d in app.dataframe if "quality" in d.value.columns and "kept" in d.value.columns]
+    assert quality, "no quality x eligibility table on the annotated demo"
+    table = quality[0].set_index("quality")
+    assert table.loc["total", "pairs"] == n_train and table.loc["total", "kept"] == n_elig
+    assert list(table.index[:-1]) == ["clean", "swapped", "neutral", "confounded", "weak"]
+    assert any("annotation, not used by the method" in c.value for c in app.caption)
+    app.radio(key="elig_colour").set_value("annotation").run()
+    assert not problems(app)
+    traces = [t["name"] for t in charts(app)[0]["data"] if t.get("mode") == "markers"]
+    assert traces[0].startswith("clean:") and all("annotation, not used by the method" in t for t in traces)
+    app.radio(key="elig_colour").set_value("eligibility").run()
     app.slider(key="w_kappa").set_value(1.0).run()
     assert not problems(app)
-    n_elig = int(metric(app, "Eligible").split("/")[0])
-    assert 0 < n_elig < 63
+    n_high, _ = eligible_count(app)
+    assert 0 < n_high < n_elig
     assert metric(app, "Cutoff kappa x D") == f"{float(metric(app, 'Mean separation D')):.4g}"
     dropped = [d.value for d in app.dataframe if "reasons" in d.value.columns]
-    assert dropped and len(dropped[0]) == 63 - n_elig
-    assert dropped[0]["reasons"].str.contains("not separable").all()
+    assert dropped and len(dropped[0]) == n_train - n_high
+    assert "annotation (not used by the method)" in dropped[0].columns
     app.radio(key="elig_view").set_value("Sorted gaps").run()
     assert not problems(app) and any("gap" in t.lower() for t in chart_titles(app))
     app.radio(key="elig_view").set_value("Scatter n vs p").run()
@@ -242,7 +282,7 @@ def test_eligibility_kappa_axis_and_dropped_table(app: AppTest) -> None:
     app.slider(key="w_kappa").set_value(0.5).run()
     assert not problems(app) and "ridge lambda 0.5" in [m.value for m in app.markdown if "**Rule**" in m.value][0]
     app.radio(key="elig_shrink_kind").set_value("Ledoit-Wolf").run()
-    assert metric(app, "Eligible") == "63 / 63"
+    assert eligible_count(app) == (n_elig, n_train)
 
 
 @pytest.mark.model
@@ -258,6 +298,10 @@ def test_weights_temperature_slider(app: AppTest) -> None:
     assert "Instance weights" in chart_titles(app)[-2]
     tops = [d.value for d in app.dataframe if "weight" in d.value.columns]
     assert len(tops) == 2 and tops[0]["weight"].iloc[0] >= tops[1]["weight"].iloc[0]
+    assert "annotation (not used by the method)" in tops[0].columns
+    flawed = float(metric(app, "SAAS weight on flawed pairs").rstrip("%"))
+    uniform = float(metric(app, "Under uniform weights (eligible)").rstrip("%"))
+    assert 0.0 <= flawed <= 100.0 and 0.0 < uniform < 100.0
     app.button(key="wt_auto_t").click().run()
     assert float(metric(app, "Temperature t")) == pytest.approx(auto_t)
 
@@ -281,19 +325,26 @@ def test_subbehaviours_add_and_undo(app: AppTest) -> None:
 
 
 @pytest.mark.model
-def test_steering_generates_side_by_side(app: AppTest) -> None:
+def test_steering_generates_all_columns_in_one_batch(app: AppTest) -> None:
     goto(app, "steering")
+    assert app.multiselect(key="steer_methods").value == ["base", "prompted", "caa", "saas", "prompted+saas"]
     app.slider(key="steer_tokens").set_value(8)
-    app.multiselect(key="steer_methods").set_value(["base", "saas"])
     app.slider(key="w_alpha").set_value(2.0)
     app.button(key="steer_go").click().run()
     assert not problems(app) and not app.error
     texts = [m.value for m in app.markdown]
-    assert "**base**" in texts and any(t.startswith("**SAAS**  (alpha +2") for t in texts)
+    assert "**base**" in texts and "**prompted**" in texts
+    assert any(t.startswith("**SAAS**  (alpha +2") for t in texts)
+    assert any(t.startswith("**prompted + SAAS**  (alpha +2") for t in texts)
     outputs = app.session_state["steer_last"]["outputs"]
-    assert set(outputs) == {"base", "saas"} and all(outputs.values())
+    assert list(outputs) == ["base", "prompted", "caa", "saas", "prompted+saas"] and all(outputs.values())
+    app.radio(key="steer_positions").set_value("all").run()  # llama.cpp's mode is offered
+    app.multiselect(key="steer_methods").set_value(["base", "saas"])
+    app.button(key="steer_go").click().run()
+    assert not problems(app) and app.session_state["steer_last"]["positions"] == "all"
     app.slider(key="w_alpha").set_value(1.0).run()  # moving alpha does not run the model; the last texts stay
     assert any("Last generation" in c.value for c in app.caption)
+    app.radio(key="steer_positions").set_value("generated").run()
 
 
 @pytest.mark.model
@@ -329,8 +380,11 @@ def test_two_sessions_keep_their_own_settings(app: AppTest) -> None:
     goto(other, "eligibility")
     other.slider(key="w_kappa").set_value(1.2).run()
     goto(app, "eligibility")
-    assert app.session_state["kappa"] == 0.5 and metric(app, "Eligible") == "63 / 63"
-    assert other.session_state["kappa"] == 1.2 and metric(other, "Eligible") != "63 / 63"
+    mine = metric(app, "Eligible")
+    assert app.session_state["kappa"] == 0.5 and other.session_state["kappa"] == 1.2
+    assert eligible_count(other)[0] < eligible_count(app)[0]
+    goto(app, "eligibility")
+    assert metric(app, "Eligible") == mine
 
 
 @pytest.mark.model
@@ -349,4 +403,4 @@ def test_agent_failure_is_an_error_not_a_traceback() -> None:
     assert not problems(at) and any("The agents failed" in e.value for e in at.error)
     assert at.button(key="sub_rerun").label == "Retry the agents"
     goto(at, "eligibility")
-    assert metric(at, "Eligible") == "63 / 63"
+    assert eligible_count(at)[1] == 105

@@ -126,8 +126,12 @@ def test_eligibility_scatter_cutoff_line_is_exact(rng: np.random.Generator) -> N
     assert cutoff[0].name == "cutoff p − n = κ·D (κ=0.50)"
     x = np.asarray(cutoff[0].x)
     np.testing.assert_allclose(np.asarray(cutoff[0].y), x + kappa * D, rtol=0, atol=1e-12)
-    # The line spans the data.
-    assert x.min() <= min(neg.min(), pos.min()) and x.max() >= max(neg.max(), pos.max())
+    # The line spans the frame of the x axis, which frames the points (n on x, p on y).
+    assert x.min() <= neg.min() and x.max() >= neg.max()
+    lo, hi = fig.layout.xaxis.range
+    assert lo <= neg.min() and hi >= neg.max() and (lo, hi) == (x.min(), x.max())
+    lo, hi = fig.layout.yaxis.range
+    assert lo <= pos.min() and hi >= pos.max()
     diag = _traces(fig, "p = n")[0]
     assert diag.line.dash == "dot"
     np.testing.assert_allclose(np.asarray(diag.y), np.asarray(diag.x))
@@ -161,6 +165,76 @@ def test_eligibility_scatter_other_kappa_and_axis_label() -> None:
     assert cutoff.name == "cutoff p − n = κ·D (κ=0.25)"
     np.testing.assert_allclose(np.asarray(cutoff.y) - np.asarray(cutoff.x), kappa * D)
     assert "mean-difference" in fig.layout.xaxis.title.text
+
+
+def test_eligibility_scatter_frames_the_points_not_the_lines() -> None:
+    # Positives far above negatives (as on the demo): a joint range would put every point in one
+    # corner. Each axis frames its own coordinate instead, and the off-frame cutoff is annotated.
+    n = np.array([90.0, 91.0, 92.0, 93.0])
+    p = np.array([150.0, 151.0, 152.5, 153.0])
+    D = float(p.mean() - n.mean())
+    fig = figures.eligibility_scatter(p, n, np.ones(4, bool), [""] * 4, 0.5, D, list("abcd"))
+    x_lo, x_hi = fig.layout.xaxis.range
+    y_lo, y_hi = fig.layout.yaxis.range
+    assert x_lo < 90 and x_hi > 93 and x_hi - x_lo < 5  # the frame hugs the points
+    assert y_lo < 150 and y_hi > 153 and y_hi - y_lo < 5
+    notes = [a.text for a in fig.layout.annotations]
+    assert any("runs below this frame" in t for t in notes)
+    # When the line crosses the frame, there is no such note.
+    fig2 = figures.eligibility_scatter(np.array([1.0, 2.0, 3.0]), np.array([0.5, 1.5, 2.0]), np.ones(3, bool),
+                                       [""] * 3, 0.5, 0.67, list("abc"))
+    assert not [a for a in fig2.layout.annotations if "frame" in (a.text or "")]
+
+
+def test_eligibility_scatter_coloured_by_annotation() -> None:
+    p = np.array([2.0, 3.0, 1.0, 2.5])
+    n = np.array([0.0, 0.5, 1.2, 0.1])
+    keep = np.array([True, True, False, True])
+    quality = ["clean", "clean", "swapped", "weak"]
+    fig = figures.eligibility_scatter(p, n, keep, ["", "", "inconsistent", ""], 0.5, 1.5, list("abcd"),
+                                      quality=quality)
+    _serialises(fig)
+    points = [t for t in fig.data if t.mode == "markers"]
+    assert [t.name.split(":")[0] for t in points] == ["clean", "swapped", "weak"]  # canonical order
+    assert all(figures.ANNOTATION_NOTE in t.name for t in points)
+    swapped = points[1]
+    assert list(swapped.customdata) == [2] and list(swapped.marker.symbol) == ["x"]  # dropped -> cross
+    assert swapped.marker.color == figures.QUALITY_COLORS["swapped"]
+    assert "1 dropped" in swapped.name and "annotation: swapped" in swapped.hovertext[0]
+    assert sorted(i for t in points for i in t.customdata) == [0, 1, 2, 3]
+
+
+def test_activation_map_coloured_by_annotation() -> None:
+    coords = np.arange(8, dtype=float).reshape(4, 2)
+    is_pos = np.array([True, True, False, False])
+    keep = np.array([True, False, True, False])
+    fig = figures.activation_map(coords, is_pos, keep, ["a", "b", "a", "b"], quality=["clean", "neutral"] * 2)
+    _serialises(fig)
+    names = [t.name for t in fig.data]
+    assert names == [f"clean ({figures.ANNOTATION_NOTE})", f"neutral ({figures.ANNOTATION_NOTE})"]
+    clean = fig.data[0]
+    assert list(clean.customdata) == [0, 2]
+    assert list(clean.marker.symbol) == ["circle", "diamond"]  # y+ circle, y- diamond, both kept
+    assert list(fig.data[1].marker.symbol) == ["circle-open", "diamond-open"]  # dropped: hollow
+
+
+def test_steerability_scatter_marks_anti_steerable_pairs() -> None:
+    gap = np.array([1.0, 2.0, -0.5, 3.0])
+    slope = np.array([0.4, -0.1, -0.3, 0.2])
+    keep = np.array([True, True, False, True])
+    fig = figures.steerability_scatter(gap, slope, keep, list("abcd"))
+    _serialises(fig)
+    kept, dropped = fig.data
+    assert kept.name == "eligible (3, 1 anti-steerable)" and dropped.name == "dropped (1, 1 anti-steerable)"
+    np.testing.assert_allclose(np.asarray(kept.y), slope[np.asarray(kept.customdata)])
+    assert [s.y0 for s in fig.layout.shapes] == [0.0]
+    assert "2/4 pairs anti-steerable" in fig.layout.title.text
+    assert fig.layout.yaxis.title.text.startswith("steerability")
+    fig2 = figures.steerability_scatter(gap, slope, keep, list("abcd"), x_label="cos(v_i, v̄)",
+                                        quality=["clean", "swapped", "swapped", "clean"])
+    assert [t.name.split(":")[0] for t in fig2.data] == ["clean", "swapped"]
+    assert fig2.data[1].name.startswith("swapped: 2 of 2 anti-steerable")
+    assert fig2.layout.xaxis.title.text == "cos(v_i, v̄)"
 
 
 def test_cosine_histogram_zero_line() -> None:
