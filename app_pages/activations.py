@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from saas import annotations, explore, figures
+from saas import annotated, explore, figures
 from saas_app import resources, state
-from saas_app.ui import instance_card, layer_overview, require_result, require_run
+from saas_app.ui import instance_card, labels, layer_overview, require_result, require_run
 
 st.header("Activations")
 run = require_run()
@@ -26,10 +26,10 @@ def activation_map() -> None:
     method = c1.radio("Map", explore.MAP_METHODS, horizontal=True, key="act_map_method",
                       help="PCA is instant; UMAP takes ~20 s the first time in a process and is then cached.")
     colour = "eligibility"
-    if annotations.is_annotated(train):
+    if annotated.is_annotated(train):
         colour = c2.radio("Colour by", ["eligibility", "annotation"], horizontal=True, key="act_colour",
-                          format_func={"eligibility": "answer side and eligibility",
-                                       "annotation": f"annotated quality ({annotations.NOTE})"}.get)
+                          format_func=labels({"eligibility": "answer side and eligibility",
+                                              "annotation": f"annotated quality ({annotated.NOTE})"})) or colour
     done = st.session_state.setdefault("umap_done", set())
     if method == "UMAP" and (run.key, layer) not in done:
         if not st.button("Compute the UMAP map", key="act_umap"):

@@ -5,9 +5,18 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from saas import annotations, diagnostics, explore, figures
+from saas import annotated, diagnostics, explore, figures
 from saas.pipeline import MethodResult, run_steerability
-from saas_app.ui import bound, instance_card, model_lock, progress_bar, require_run, result_or_error, show_error
+from saas_app.ui import (
+    bound,
+    instance_card,
+    labels,
+    model_lock,
+    progress_bar,
+    require_run,
+    result_or_error,
+    show_error,
+)
 
 AXES = {"fisher": "Fisher direction", "mean_diff": "Mean-difference direction"}
 CONSISTENCY = {"mean": "mean local vector (the method)",
@@ -18,7 +27,7 @@ run = require_run()
 p = run.prepared
 train = p.instances("train")
 texts = [explore.instance_hover(i) for i in train]
-annotated = annotations.is_annotated(train)
+has_notes = annotated.is_annotated(train)
 token_answers = p.dataset.answer_kind != "sentence"
 
 
@@ -70,14 +79,14 @@ def steerability_panel(res: MethodResult, reasons: list[str]) -> np.ndarray | No
     colour = st.session_state.get("elig_colour", "eligibility")
     fig = figures.steerability_scatter(el.gap if use_gap else el.cosine, slopes, el.eligible, el.ids,
                                        x_label="gap p_i − n_i" if use_gap else "cos(v_i, v̄)", hover=texts,
-                                       quality=annotations.qualities(train) if annotated and colour == "annotation" else None)
+                                       quality=annotated.qualities(train) if has_notes and colour == "annotation" else None)
     st.plotly_chart(fig, width="stretch", key="elig_steer_scatter")
     st.caption(f"CAA vector at layer {steer.layer} (the same activations and layer as the selection), alpha "
                f"{', '.join(f'{a:g}' for a in steer.alphas)}; steering at the last prompt token and the answer tokens, "
                "as the evaluation does." + (" Read from the disk cache." if steer.from_cache else ""))
-    if annotated:
-        with st.expander(f"Steerability by annotated quality ({annotations.NOTE})"):
-            st.dataframe(annotations.steerability_by_quality(slopes, el.eligible, train), hide_index=True,
+    if has_notes:
+        with st.expander(f"Steerability by annotated quality ({annotated.NOTE})"):
+            st.dataframe(annotated.steerability_by_quality(slopes, el.eligible, train), hide_index=True,
                          key="elig_steer_quality")
     return slopes
 
@@ -89,10 +98,10 @@ def eligibility_panel() -> None:
         bound(st.slider, "kappa (cutoff = kappa x D)", "kappa", min_value=0.0, max_value=2.0, step=0.05,
               help="A pair is separable iff its own gap p - n is at least kappa times the mean gap D.")
     with mid:
-        bound(st.radio, "Projection axis", "axis", options=list(AXES), format_func=AXES.get, horizontal=True)
+        bound(st.radio, "Projection axis", "axis", options=list(AXES), format_func=labels(AXES), horizontal=True)
         if token_answers:
             bound(st.radio, "Consistency reference", "consistency", options=list(CONSISTENCY),
-                  format_func=CONSISTENCY.get,
+                  format_func=labels(CONSISTENCY),
                   help="The method compares each local vector with the mean of all of them. With Yes/No or "
                        "A/B answers that mean is mostly the answer token's identity; the polarity-balanced "
                        "option averages the mean local vector of each positive-answer token instead.")
@@ -123,15 +132,14 @@ def eligibility_panel() -> None:
     view = v1.radio("View", ["Scatter n vs p", "Sorted gaps"], horizontal=True, key="elig_view",
                     label_visibility="collapsed")
     colour = "eligibility"
-    if annotated:
+    if has_notes:
         colour = v2.radio("Colour by", ["eligibility", "annotation"], horizontal=True, key="elig_colour",
-                          format_func={"eligibility": "eligibility",
-                                       "annotation": f"annotated quality ({annotations.NOTE})"}.get)
+                          format_func=labels({"annotation": f"annotated quality ({annotated.NOTE})"})) or colour
     event = None
     if view == "Scatter n vs p":
         fig = figures.eligibility_scatter(el.p, el.n, el.eligible, reasons, el.kappa, el.D, el.ids, hover=texts,
                                           axis_label="Fisher" if el.axis == "fisher" else "mean-difference",
-                                          quality=annotations.qualities(train) if colour == "annotation" else None)
+                                          quality=annotated.qualities(train) if colour == "annotation" else None)
         event = st.plotly_chart(fig, width="stretch", key="elig_scatter", on_select="rerun", selection_mode="points")
     else:
         st.plotly_chart(figures.gap_dumbbells(el.p, el.n, el.eligible, el.ids, el.cutoff), width="stretch",
@@ -142,11 +150,11 @@ def eligibility_panel() -> None:
                                      f"{'; ' + reasons[picked] if reasons[picked] else ', eligible'})")
     st.plotly_chart(figures.cosine_histogram(el.cosine, el.eligible), width="stretch", key="elig_cos")
     st.caption("Consistency: a pair is kept only if cos(v_i, mean v) > 0 (the line at 0).")
-    if annotated:
+    if has_notes:
         st.subheader("Annotated quality x kept / dropped")
-        st.dataframe(annotations.quality_table(el, train), hide_index=True, key="elig_quality",
+        st.dataframe(annotated.quality_table(el, train), hide_index=True, key="elig_quality",
                      column_config={"dropped %": st.column_config.NumberColumn(format="%.0f%%")})
-        st.caption(f"The dataset's `quality` annotation ({annotations.NOTE}): clean pairs, and pairs written "
+        st.caption(f"The dataset's `quality` annotation ({annotated.NOTE}): clean pairs, and pairs written "
                    "with a flaw (swapped = positive and negative reversed; neutral = neither answer shows the "
                    "behaviour; confounded = the answers differ mainly in something else; weak = they barely "
                    "differ). A dropped pair can have both reasons.")

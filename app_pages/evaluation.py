@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from saas import annotations, evaluation, explore, figures
+from saas import annotated, evaluation, explore, figures
 from saas.data import Instance
 from saas.steering import cosine_matrix, match_norms
 from saas_app import artifacts, resources
@@ -36,13 +36,13 @@ sig = (run.key, run.scores_key, res.layer, float(ss["kappa"]), ss["axis"], ss["s
 def held_out(split: str) -> list[Instance]:
     """The split's pairs to evaluate on: the clean ones on annotated data, then the first ``cap``."""
     insts = p.instances(split)
-    keep, _ = annotations.evaluation_pairs(insts)
+    keep, _ = annotated.evaluation_pairs(insts)
     return [insts[k] for k in keep][: int(cap)]
 
 
 def pairs_used(split: str) -> str:
     insts = p.instances(split)
-    return annotations.evaluation_pairs(insts)[1] + (f", first {int(cap)}" if int(cap) < len(insts) else "")
+    return annotated.evaluation_pairs(insts)[1] + (f", first {int(cap)}" if int(cap) < len(insts) else "")
 
 
 def run_sweep(name: str, fn: Callable[..., pd.DataFrame], *args: Any, **kw: Any) -> None:

@@ -7,7 +7,8 @@ import streamlit as st
 
 from saas.generation import PROMPTED, Column, stream_columns
 from saas.prompts import prompted_system_prompt
-from saas_app.ui import bound, label, model_lock, require_result, require_run, show_error
+from saas.steering import PositionMode
+from saas_app.ui import bound, label, labels, model_lock, require_result, require_run, show_error
 
 st.header("Steering")
 run = require_run()
@@ -51,10 +52,11 @@ with st.expander("Generation settings and the prompted baseline's system prompt"
     max_new = g1.slider("Max new tokens", 8, 160, 48, 8, key="steer_tokens")
     seed = g2.number_input("Seed", 0, 2**31 - 1, 0, key="steer_seed")
     sample = g3.checkbox("Sample (else greedy)", value=False, key="steer_sample")
-    positions = st.radio("Steer at", list(POSITIONS), format_func=POSITIONS.get, key="steer_positions",
+    picked = st.radio("Steer at", list(POSITIONS), format_func=labels(POSITIONS), key="steer_positions",
                          horizontal=True,
                          help="llama.cpp's --control-vector adds the vector at every position, the prompt "
                               "included; choose it to see beforehand what an exported vector will do there.")
+    positions: PositionMode = "all" if picked == "all" else "generated"
     st.caption(f"System prompt of the prompted columns: *{system}*")
 if "saas" not in res.vectors:
     st.error("SAAS has no vector at these settings (no eligible pair): lower kappa on the Eligibility page.")

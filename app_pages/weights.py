@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from saas import annotations, explore, figures
+from saas import annotated, explore, figures
 from saas_app import resources
 from saas_app.ui import agent_warning, require_result, require_run, result_or_error
 
@@ -74,17 +74,17 @@ def weights_panel() -> None:
     st.plotly_chart(figures.weight_heatmap(temps, grid, grid_ids, current_t=res.temperature), width="stretch",
                     key="wt_heatmap")
     elig = res.eligibility.eligible
-    if annotations.is_annotated(train):
-        shares = annotations.weight_shares(res.weights, elig, train)
+    if annotated.is_annotated(train):
+        shares = annotated.weight_shares(res.weights, elig, train)
         flawed = shares[shares["quality"] == "flawed"].iloc[0]
         a1, a2, a3 = st.columns(3)
         a1.metric("SAAS weight on flawed pairs", f"{flawed['saas weight %']:.1f}%",
-                  help=f"Pairs annotated swapped / neutral / confounded / weak ({annotations.NOTE}).")
+                  help=f"Pairs annotated swapped / neutral / confounded / weak ({annotated.NOTE}).")
         a2.metric("Under uniform weights (eligible)", f"{flawed['uniform weight %']:.1f}%",
                   help="The same eligible pairs weighted equally: SAAS without its agents.")
         a3.metric("Share of all training pairs", f"{flawed['share of pairs %']:.1f}%",
                   help="CAA weights every training pair equally.")
-        with st.expander(f"Weight share by annotated quality ({annotations.NOTE})"):
+        with st.expander(f"Weight share by annotated quality ({annotated.NOTE})"):
             st.dataframe(shares, hide_index=True, key="wt_shares")
     st.plotly_chart(figures.weight_bars(res.weights[elig], [i for i, e in zip(ids, elig) if e], top=10),
                     width="stretch", key="wt_bars")

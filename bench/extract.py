@@ -42,7 +42,7 @@ import torch
 from saas.activations import extract_activations, naive_batches
 from saas.data import load_dataset, load_demo
 from saas.forward import base_model, left_positions, pad_id, pad_left
-from saas.models import load_model
+from saas.models import LoadedModel, load_model
 from saas.paths import set_offline_defaults
 from saas.prompts import encode, join_answer, prompt_text
 
@@ -54,7 +54,7 @@ TARGET_AB, TARGET_AC = 0.9, 2.0
 
 
 @torch.inference_mode()
-def bare_forward(lm, batches) -> None:
+def bare_forward(lm: LoadedModel, batches: list[tuple[list[int], list[list[int]], list[int]]]) -> None:
     """(b): the naive path's batches through the base model, no hooks, nothing read."""
     base = base_model(lm)
     pad = pad_id(lm)
@@ -78,12 +78,14 @@ class SteeringVectorsWorker:
         self.ready = self._read()
 
     def _read(self) -> dict:
+        assert self.proc.stdout is not None and self.proc.stdin is not None  # both are pipes
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"steering-vectors worker exited with code {self.proc.wait()}")
         return json.loads(line)
 
     def ask(self, cmd: str) -> dict:
+        assert self.proc.stdin is not None
         self.proc.stdin.write(cmd + "\n")
         self.proc.stdin.flush()
         return self._read()

@@ -21,12 +21,14 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
+from functools import partial
 from importlib import resources
 
 import torch
 
 from saas.generation import generate
-from saas.models import load_model
+from saas.models import LoadedModel, load_model
 from saas.steering import SteeringVector, apply_rows
 
 
@@ -36,7 +38,7 @@ def demo_prompts(n: int) -> list[str]:
     return [r["prompt"] for r in rows[:n]]
 
 
-def run_once(lm, prompts: list[str], vector: SteeringVector | None, new_tokens: int,  # type: ignore[no-untyped-def]
+def run_once(lm: LoadedModel, prompts: list[str], vector: SteeringVector | None, new_tokens: int,
              rows: list[tuple[SteeringVector | None, float]] | None = None) -> float:
     """tokens/s of one greedy batch; ``rows``: per-row steering around the call instead of ``vector``."""
     ctx = apply_rows(lm, rows) if rows is not None else contextlib.nullcontext()
@@ -47,7 +49,7 @@ def run_once(lm, prompts: list[str], vector: SteeringVector | None, new_tokens: 
     return len(prompts) * new_tokens / (time.perf_counter() - t0)
 
 
-def hook_call_seconds(lm, vec: SteeringVector, batch: int, seq: int, calls: int = 2000,  # type: ignore[no-untyped-def]
+def hook_call_seconds(lm: LoadedModel, vec: SteeringVector, batch: int, seq: int, calls: int = 2000,
                       rows: list[tuple[SteeringVector | None, float]] | None = None) -> float:
     """Seconds per call of the registered steering hook alone (single-vector, or per-row with
     ``rows``), on a layer output [batch, seq, d]."""
@@ -90,9 +92,9 @@ def main() -> None:
         rows: list[tuple[SteeringVector | None, float]] = [(caa_sized(b), 1.0) for b in range(bs)]
         if bs > 1:
             rows[0] = (None, 0.0)
-        arms = {"base": lambda n, p=prompts: run_once(lm, p, None, n),
-                "single": lambda n, p=prompts: run_once(lm, p, vec, n),
-                "rows": lambda n, p=prompts, rows=rows: run_once(lm, p, None, n, rows)}
+        arms: dict[str, Callable[[int], float]] = {"base": partial(run_once, lm, prompts, None),
+                                                   "single": partial(run_once, lm, prompts, vec),
+                                                   "rows": partial(run_once, lm, prompts, None, rows=rows)}
         for fn in arms.values():
             fn(4)  # warm-up
         got: dict[str, list[float]] = {k: [] for k in arms}

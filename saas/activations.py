@@ -143,7 +143,7 @@ class ActivationSet:
     def diffs(self, layer: int) -> np.ndarray:
         """Local vectors v_i = a_i+ - a_i- at one layer (Eq. 3), [N, d]."""
         self._check_layer(layer)
-        return self.positive[:, layer] - self.negative[:, layer]  # type: ignore[no-any-return]
+        return self.positive[:, layer] - self.negative[:, layer]
 
     def subset(self, indices: Sequence[int]) -> ActivationSet:
         """The rows ``indices`` (arrays, ids and answer log-probs)."""
@@ -439,6 +439,8 @@ def _unpack_logprobs(arrays: dict[str, np.ndarray], instances: Sequence[Instance
     flat, counts = arrays["answer_logprobs"], arrays["answer_counts"]
     if counts.ndim != 2 or counts.shape[0] != len(instances) or int(counts.sum()) != flat.shape[0] \
             or not np.isfinite(flat).all():
+        log.warning("the answer scores in an activation cache file are unreadable (shape or NaN); the "
+                    "activations are kept and the scores recomputed")
         return None
     out, k = [], 0
     for inst, row in zip(instances, counts):

@@ -230,6 +230,19 @@ def saas_vector(diffs: np.ndarray, importance: np.ndarray, t: float, eligible: n
     return weighted_vector(diffs, softmax_weights(importance, t, e))
 
 
+def unweighted_vectors(pos: np.ndarray, neg: np.ndarray) -> dict[str, np.ndarray]:
+    """The vectors that depend on the activations alone, not on eligibility or weights: CAA and the
+    three PCA baselines (what a kappa or temperature slider never changes, so a caller may keep them).
+
+    Returns:
+        ``{"caa", "pca-center", "pca-midpoint", "pca-diff": [d] float64}``.
+    """
+    pos, neg = _check_pair(pos, neg)
+    diffs = pos - neg
+    return {CAA: caa(diffs), PCA_CENTER: pca_center(pos, neg), PCA_MIDPOINT: pca_midpoint(pos, neg),
+            PCA_DIFF: pca_diff(diffs)}
+
+
 def compute_vectors(
     pos: np.ndarray,
     neg: np.ndarray,
@@ -239,6 +252,7 @@ def compute_vectors(
     t: float = 1.0,
     logit_diff: np.ndarray | None = None,
     conf: np.ndarray | None = None,
+    fixed: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Every activation-based steering vector for one layer.
 
@@ -251,6 +265,7 @@ def compute_vectors(
         t: Temperature shared by SAAS, logit-diff and conf.
         logit_diff: [N] logit(y+) - logit(y-) per instance, or None to skip that baseline.
         conf: [N] P(y+) per instance, or None to skip that baseline.
+        fixed: :func:`unweighted_vectors` of the same ``pos``/``neg``, when the caller kept them.
 
     Returns:
         ``{method: [d] float64 vector}`` with keys "caa", "pca-center", "pca-midpoint",
@@ -261,12 +276,7 @@ def compute_vectors(
     pos, neg = _check_pair(pos, neg)
     diffs = pos - neg
     e = _check_mask(eligible, diffs.shape[0])
-    out: dict[str, np.ndarray] = {
-        CAA: caa(diffs),
-        PCA_CENTER: pca_center(pos, neg),
-        PCA_MIDPOINT: pca_midpoint(pos, neg),
-        PCA_DIFF: pca_diff(diffs),
-    }
+    out: dict[str, np.ndarray] = dict(fixed) if fixed is not None else unweighted_vectors(pos, neg)
     if e.any():
         out[UNIFORM_ELIGIBLE] = uniform_eligible(diffs, e)
         s = np.zeros(diffs.shape[0]) if importance is None else importance

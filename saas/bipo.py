@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from saas.data import Instance
@@ -182,7 +183,7 @@ def train_bipo(
             if progress:
                 progress(1, 1, "BiPO vector read from cache")
             return vec, hist
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
             log.warning("BiPO cache %s unreadable (%s); retraining", stem.name, exc)
 
     t0 = time.perf_counter()

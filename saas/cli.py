@@ -46,10 +46,11 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
-    from saas.data import load_dataset
+    from saas.data import dataset_format, load_dataset
     from saas.models import load_model
 
-    dataset = load_dataset(args.dataset, format=getattr(args, "format", "auto"), limit=getattr(args, "limit", None))
+    dataset = load_dataset(args.dataset, format=dataset_format(getattr(args, "format", "auto")),
+                           limit=getattr(args, "limit", None))
     with tqdm_progress("model") as progress:
         lm = load_model(args.model, device=args.device, dtype=args.dtype, progress=progress)
     return lm, dataset
@@ -166,7 +167,7 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"dropped: {elig.counts}")
     if elig.empty:
         print(f"warning: {elig.message}", file=sys.stderr)
-    from saas.annotations import summary_lines
+    from saas.annotated import summary_lines
 
     written = json.loads((out / "summary.json").read_text())
     for line in summary_lines(written.get("annotations", {})):
@@ -199,13 +200,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """``saas eval``: alignment probability per method and alpha on the held-out split(s)."""
     import pandas as pd
 
-    from saas.data import load_dataset
+    from saas.data import dataset_format, load_dataset
     from saas.models import load_model
     from saas.pipeline import evaluate_run, load_run
 
     bundle = load_run(args.run)
     cfg = bundle.config
-    dataset = load_dataset(cfg.dataset, format=cfg.format, limit=cfg.limit)
+    dataset = load_dataset(cfg.dataset, format=dataset_format(cfg.format), limit=cfg.limit)
     with tqdm_progress("model") as progress:
         lm = load_model(args.model or cfg.model, device=cfg.device, dtype=cfg.dtype, progress=progress)
     from saas.lengths import check_lengths
@@ -236,11 +237,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"run {args.run} has no vector for {missing}; it has {sorted(bundle.vectors)}")
     system = None
     if args.prompted:
-        from saas.data import load_dataset
+        from saas.data import dataset_format, load_dataset
         from saas.prompts import prompted_system_prompt
 
         cfg = bundle.config
-        system = prompted_system_prompt(load_dataset(cfg.dataset, format=cfg.format, limit=cfg.limit))
+        system = prompted_system_prompt(load_dataset(cfg.dataset, format=dataset_format(cfg.format), limit=cfg.limit))
     lm = load_model(args.model or bundle.config.model)
     vectors = {"base": None} | {m: bundle.vectors[m] for m in methods}
     columns = comparison_columns(vectors, args.alpha, system=system, prompted_with=methods if args.prompted else ())
@@ -279,9 +280,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_agents(args: argparse.Namespace) -> int:
     """``saas agents``: sub-behaviours, contributions and relevance, written to --out."""
     from saas.agents import make_backend, run_agents
-    from saas.data import load_dataset
+    from saas.data import dataset_format, load_dataset
 
-    dataset = load_dataset(args.dataset, format=args.format, limit=args.limit)
+    dataset = load_dataset(args.dataset, format=dataset_format(args.format), limit=args.limit)
     kw: dict[str, Any] = {}
     if args.agent_model:
         kw["model_path" if args.agents == "local" else "model"] = args.agent_model

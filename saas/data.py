@@ -20,7 +20,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 AnswerKind = Literal["ab", "yesno", "sentence"]
 
@@ -556,6 +556,7 @@ def _read_source(data: bytes, filename: str, path: str) -> tuple[_Source, str]:
     else:
         _parse_csv(src, "\t" if container == "tsv" else ",")
     if not src.records:
+        src.raise_problems()  # rows that were all rejected say why, before "no records"
         raise src.fail(None, None, "the file has no records")
     return src, container
 
@@ -842,6 +843,13 @@ def _build_generic(src: _Source, facet_ids: Sequence[str] | None = None) -> tupl
 
 DatasetFormat = Literal["auto", "persona", "caa", "generic"]
 _FORMATS = ("auto", "persona", "caa", "generic")
+
+
+def dataset_format(value: str) -> DatasetFormat:
+    """``value`` as a :data:`DatasetFormat` (a config or CLI string, checked), else a ValueError."""
+    if value in _FORMATS:
+        return cast(DatasetFormat, value)
+    raise ValueError(f"format must be one of {', '.join(_FORMATS)}, got {value!r}")
 
 
 def _default_name(filename: str, fmt: str) -> str:

@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -244,7 +245,7 @@ def steerability(
                 return Steerability(ids, alphas_arr, margins, slopes_of(alphas_arr, margins), vector.method,
                                     vector.layers[0], 0.0, True, {"key": key})
             raise ValueError(f"cached margins have shape {margins.shape}")
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
             log.warning("steerability cache %s is unreadable (%s); recomputing", path.name, exc)
             path.unlink(missing_ok=True)
     if only_cached:

@@ -91,7 +91,7 @@ def map_rows(instances: Sequence[Instance], eligible: np.ndarray) -> MapRows:
     """Labels for :func:`map_coordinates`' rows, for :func:`saas.figures.activation_map`.
 
     ``quality`` holds each row's annotated quality when the instances are annotated (else None)."""
-    from saas.annotations import is_annotated, qualities
+    from saas.annotated import is_annotated, qualities
 
     n = len(instances)
     elig = np.asarray(eligible, dtype=bool)
@@ -135,7 +135,7 @@ def standardized_separation(pos: np.ndarray, neg: np.ndarray) -> float:
 def layer_projections(
     positive: np.ndarray,
     negative: np.ndarray,
-    train: Sequence[int],
+    train: Sequence[int] | np.ndarray,
     axis: str = "fisher",
     shrinkage: str | float = "ledoit-wolf",
     consistency: str = "mean",
@@ -245,7 +245,7 @@ ANNOTATION_COLUMN = "annotation (not used by the method)"
 
 def _with_annotation(df: pd.DataFrame, instances: Sequence[Instance], rows: Sequence[int], at: int = 1) -> pd.DataFrame:
     """Insert the :data:`ANNOTATION_COLUMN` (quality · facet) when the instances are annotated."""
-    from saas.annotations import annotation_labels, is_annotated
+    from saas.annotated import annotation_labels, is_annotated
 
     if is_annotated(instances):
         labels = annotation_labels(instances)
@@ -266,9 +266,9 @@ def dropped_frame(elig: EligibilityResult, instances: Sequence[Instance],
         "gap": elig.gap[idx],
         "cutoff": np.full(idx.size, elig.cutoff),
         "cosine": elig.cosine[idx],
-        "prompt": [instances[k].prompt for k in idx],
-        "positive": [instances[k].positive for k in idx],
-        "negative": [instances[k].negative for k in idx],
+        "prompt": [instances[int(k)].prompt for k in idx],
+        "positive": [instances[int(k)].positive for k in idx],
+        "negative": [instances[int(k)].negative for k in idx],
     }, columns=["id", "reasons", "gap", "cutoff", "cosine", "prompt", "positive", "negative"])
     if steerability is not None:
         df.insert(5, "steerability", np.asarray(steerability, dtype=np.float64)[idx])

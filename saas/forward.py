@@ -112,7 +112,7 @@ def left_positions(mask: torch.Tensor) -> torch.Tensor:
 
 def base_model(lm: LoadedModel) -> nn.Module:
     """The transformer without its LM head (activation reads do not need the vocabulary matmul)."""
-    return getattr(lm.model, "base_model", lm.model)  # type: ignore[no-any-return]
+    return getattr(lm.model, "base_model", lm.model)
 
 
 def cache_kwarg(module: nn.Module) -> str:
@@ -874,7 +874,7 @@ class PromptCache:
     def suffix_logits(self, block: Block) -> torch.Tensor:
         """Logits [R, S, V] of the suffix rows on a fork of the block's prefix cache (no hooks here:
         the caller enters the steering context)."""
-        return self.lm.model(**self._suffix_inputs(block), **{self._kw: fork_cache(block.cache)}).logits  # type: ignore[no-any-return]
+        return self.lm.model(**self._suffix_inputs(block), **{self._kw: fork_cache(block.cache)}).logits
 
     def target_logprobs(self, block: Block) -> tuple[torch.Tensor, list[tuple[int, int, int]]]:
         """log p of every scored token of the block's rows [M] (differentiable when grad is on) and its

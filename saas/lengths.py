@@ -132,7 +132,7 @@ def check_lengths(
         raise ValueError(f"max_tokens must be a positive number of tokens, got {max_tokens}")
     if max_prompt_tokens is not None and max_prompt_tokens < 1:
         raise ValueError(f"max_prompt_tokens must be a positive number of tokens, got {max_prompt_tokens}")
-    limit = min(c for c in (context, max_tokens) if c is not None)  # type: ignore[type-var]
+    limit = min(c for c in (context, max_tokens) if c is not None)
     per_token = longest_token_chars(tokenizer)
     source = dataset.source.removeprefix("upload:")
     out: list[Instance] = []

@@ -144,7 +144,8 @@ def model_fingerprint(model: nn.Module, name: str) -> str:
     """Short hash of the config, the name, the dtype and a sample of the weights."""
     h = hashlib.sha256()
     h.update(name.encode())
-    h.update(model.config.to_json_string(use_diff=False).encode())
+    config: Any = getattr(model, "config", None)
+    h.update((config.to_json_string(use_diff=False) if config is not None else "").encode())
     params = list(model.parameters())
     h.update(str(params[0].dtype).encode())
     for p in (params[0], params[len(params) // 2], params[-1]):
@@ -186,7 +187,7 @@ def convert_default(progress: Any = None) -> Path:
     log.info("converting %s to safetensors (once; ~40 s)", gguf.name)
     if progress:
         progress(0, 1, "Dequantising the embedded GGUF model (once, ~40 s)")
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # save_pretrained refuses a GGUF-loaded model until its quantizer traces are removed.
     model.hf_quantizer = None
@@ -253,7 +254,7 @@ def load_model(
         progress(0, 1, f"Loading {name}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=local)
-        model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     except (OSError, ValueError) as exc:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         tried = f"local folder {spec!r}: not found" if not local else f"local folder {folder}"

@@ -32,8 +32,8 @@ import pandas as pd
 
 from saas import baselines
 from saas.activations import ActivationSet, extract_activations
-from saas.annotations import annotation_summary, evaluation_pairs, is_annotated
-from saas.data import BehaviourDataset, load_dataset
+from saas.annotated import annotation_summary, evaluation_pairs, is_annotated
+from saas.data import BehaviourDataset, dataset_format, load_dataset
 from saas.eligibility import EligibilityResult, Projection, apply_cutoff, project
 from saas.lengths import check_lengths
 from saas.models import LoadedModel, load_model
@@ -246,7 +246,7 @@ def prepare(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if dataset is None:
-        dataset = load_dataset(config.dataset, format=config.format, limit=config.limit)
+        dataset = load_dataset(config.dataset, format=dataset_format(config.format), limit=config.limit)
     if lm is None:
         lm = load_model(config.model, device=config.device, dtype=config.dtype, progress=progress)
     timings["load"] = time.perf_counter() - t0
@@ -287,6 +287,13 @@ def positive_tokens(dataset: BehaviourDataset, indices: list[int]) -> list[str] 
     return [dataset.instances[i].positive.strip() for i in indices]
 
 
+def fixed_vectors(prepared: Prepared, layer: int) -> dict[str, np.ndarray]:
+    """CAA and the PCA baselines of the training split at one layer (independent of kappa and t)."""
+    pos, neg = prepared.acts.layer(layer)
+    idx = prepared.train
+    return baselines.unweighted_vectors(pos[idx], neg[idx])
+
+
 def cheap_projection(prepared: Prepared, layer: int, axis: str, shrinkage: str | float,
                      consistency: str = "mean") -> Projection:
     """The Fisher / mean-difference projection of the training instances at one layer (with the
@@ -308,11 +315,13 @@ def compute(
     projection: Projection | None = None,
     methods: tuple[str, ...] | None = None,
     consistency: str | None = None,
+    fixed: dict[str, np.ndarray] | None = None,
 ) -> MethodResult:
     """Eligibility, weights and every method's vector on the training split (cheap: no model).
 
     Args default to the run's config. Pass ``projection`` (from :func:`cheap_projection`) to skip
-    the Fisher solve when only kappa or t moved.
+    the Fisher solve when only kappa or t moved, and ``fixed`` (from :func:`fixed_vectors`) to skip
+    the PCAs, which no kappa or t changes.
     """
     cfg = prepared.config
     if layer is None:
@@ -338,7 +347,7 @@ def compute(
     s_spread = spread(s, eligible)
     ld = None if prepared.logit_diff is None else prepared.logit_diff[idx]
     cf = None if prepared.conf is None else prepared.conf[idx]
-    arrays = baselines.compute_vectors(pos, neg, eligible=eligible, importance=s, t=t)
+    arrays = baselines.compute_vectors(pos, neg, eligible=eligible, importance=s, t=t, fixed=fixed)
     diffs = pos - neg
     if ld is not None:
         arrays[baselines.LOGIT_DIFF] = baselines.score_weighted(diffs, ld, _rel_t(t, s_spread, ld))
@@ -405,7 +414,7 @@ def write_run(prepared: Prepared, result: MethodResult, out: str | Path, steer: 
     cfg = prepared.config.to_dict() | {"layer": result.layer, "temperature": result.temperature}
     _write_json(out / "config.json", cfg)
     elig = result.eligibility
-    summary = {
+    summary: dict[str, Any] = {
         "model": prepared.lm.name, "model_fingerprint": prepared.lm.fingerprint,
         "dataset": prepared.dataset.name, "dataset_source": prepared.dataset.source,
         "dataset_hash": prepared.dataset.content_hash(), "answer_kind": prepared.dataset.answer_kind,
@@ -430,7 +439,7 @@ def write_run(prepared: Prepared, result: MethodResult, out: str | Path, steer: 
         summary["steerability"] = {"vector": steer.method, "layer": steer.layer, "alphas": steer.alphas.tolist(),
                                    **steerability_shares(slopes, elig.eligible)}
         if is_annotated(insts):
-            from saas.annotations import steerability_by_quality
+            from saas.annotated import steerability_by_quality
 
             table = steerability_by_quality(slopes, elig.eligible, insts)
             summary["steerability"]["by_quality"] = {r["quality"]: {k: r[k] for k in table.columns if k != "quality"}

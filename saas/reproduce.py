@@ -54,7 +54,7 @@ import torch
 
 from saas import baselines
 from saas.activations import extract_activations
-from saas.annotations import clean_positions
+from saas.annotated import clean_positions
 from saas.bipo import train_bipo
 from saas.data import Instance, load_dataset
 from saas.diagnostics import answer_token_split

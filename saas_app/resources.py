@@ -52,6 +52,7 @@ from saas.pipeline import (
     agent_backend,
     cheap_projection,
     compute,
+    fixed_vectors,
     positive_tokens,
     prepare,
     run_agents_for,
@@ -276,7 +277,13 @@ def method_result(key: str, scores_key: str, layer: int, kappa: float, axis: str
     """Eligibility, weights and every vector for one setting (shared, read-only)."""
     proj = projection(key, layer, axis, shrinkage, consistency, _prepared)
     return compute(_prepared, layer=layer, kappa=kappa, axis=axis, temperature=temperature, projection=proj,
-                   consistency=consistency)
+                   consistency=consistency, fixed=unweighted(key, layer, _prepared))
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def unweighted(key: str, layer: int, _prepared: Prepared) -> dict[str, np.ndarray]:
+    """CAA and the PCA baselines at one layer: no kappa or temperature move recomputes them."""
+    return fixed_vectors(_prepared, layer)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)

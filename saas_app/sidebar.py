@@ -11,7 +11,7 @@ from saas.data import DatasetError, load_dataset_from_bytes
 from saas.paths import REPO_ROOT
 from saas_app import resources, state
 from saas_app.resources import RunSpec
-from saas_app.ui import bound, layer_suggestion, progress_bar, show_error
+from saas_app.ui import bound, labels, layer_suggestion, progress_bar, show_error
 
 MODEL_CHOICES = {"default": "Embedded SmolLM2-135M-Instruct", "path": "Local model folder", "hub": "Hugging Face hub id"}
 DATA_CHOICES = {"demo": "A bundled demo behaviour", "path": "A file path", "upload": "Upload a file"}
@@ -35,7 +35,7 @@ def _env_limit() -> int:
 
 
 def _model_spec() -> str | None:
-    kind = st.radio("Model", list(MODEL_CHOICES), format_func=MODEL_CHOICES.get, key="sb_model_kind")
+    kind = st.radio("Model", list(MODEL_CHOICES), format_func=labels(MODEL_CHOICES), key="sb_model_kind")
     if kind == "default":
         return "default"
     hint = "/path/to/hf-model-folder" if kind == "path" else "e.g. HuggingFaceTB/SmolLM2-360M-Instruct"
@@ -47,7 +47,7 @@ def _model_spec() -> str | None:
 
 def _dataset(limit: int | None) -> dict[str, Any] | None:
     """The dataset choice as RunSpec fields; an invalid upload shows its DatasetError and gives None."""
-    kind = st.radio("Dataset", list(DATA_CHOICES), format_func=DATA_CHOICES.get, key="sb_data_kind")
+    kind = st.radio("Dataset", list(DATA_CHOICES), format_func=labels(DATA_CHOICES), key="sb_data_kind")
     if kind == "demo":
         demos = {d.spec: d for d in resources.demos()}
         picked = st.selectbox("Demo behaviour", list(demos), key="sb_demo",
@@ -77,7 +77,7 @@ def _dataset(limit: int | None) -> dict[str, Any] | None:
 
 def _agents() -> dict[str, Any]:
     choices = ["offline", "local"] + (["anthropic"] if state.api_key() else [])
-    kind = st.selectbox("Agent backend", choices, format_func=AGENT_CHOICES.get, key="sb_agents",
+    kind = st.selectbox("Agent backend", choices, format_func=labels(AGENT_CHOICES), key="sb_agents",
                         help="Anthropic appears when ANTHROPIC_API_KEY is set (environment or st.secrets).")
     agent_model = None
     if kind == "local":

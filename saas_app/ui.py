@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import streamlit as st
@@ -80,6 +80,11 @@ def bound(widget: Callable[..., Any], label: str, key: str, **kw: Any) -> Any:
         st.session_state[key] = st.session_state[wkey]
 
     return widget(label, key=wkey, on_change=copy, **kw)
+
+
+def labels(mapping: Mapping[str, str]) -> Callable[[str], str]:
+    """A widget ``format_func`` that shows ``mapping[key]`` (the key itself when it is missing)."""
+    return lambda key: mapping.get(key, key)
 
 
 def label(method: str) -> str:

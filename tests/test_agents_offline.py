@@ -76,6 +76,7 @@ def test_calibration_is_monotone_with_documented_endpoints() -> None:
     np.testing.assert_allclose(calibrate([0.05, 0.35, 0.65]), [0, 5, 10])
 
 
+@pytest.mark.model
 def test_demo_tree_is_the_behaviour_not_the_topics(demo_run, demo) -> None:
     run, root = demo_run
     _check_run(run, len(demo))
@@ -100,6 +101,7 @@ def test_demo_tree_is_the_behaviour_not_the_topics(demo_run, demo) -> None:
     assert {"clauses", "phrases", "subbehaviours"} <= set(record["raw"]) and record["raw"]["kind"] == "answers"
 
 
+@pytest.mark.model
 def test_demo_scores_follow_the_contrast(demo_run, demo) -> None:
     run, _ = demo_run
     imp = importance_from_run(run, [i.id for i in demo.instances])
@@ -110,6 +112,7 @@ def test_demo_scores_follow_the_contrast(demo_run, demo) -> None:
     assert imp[quality == "swapped"].mean() < 0.5 * clean  # the "positive" answer is the pessimistic one
 
 
+@pytest.mark.model
 def test_identical_meaning_answers_score_low_everywhere(backend, tmp_path) -> None:
     subs = [SubBehaviour("S1", "expects a good outcome", "The reply predicts that things will go well.", 8.0),
             SubBehaviour("S2", "credits the person's preparation", "The reply credits the person's effort.", 8.0)]
@@ -128,6 +131,7 @@ def test_identical_meaning_answers_score_low_everywhere(backend, tmp_path) -> No
     assert table.rows(["real"]).min() >= 5.0
 
 
+@pytest.mark.model
 def test_the_prompt_topic_cancels(backend, tmp_path) -> None:
     weather = SubBehaviour("S1", "talks about the weather", "The reply mentions sun, rain and the forecast.", 8.0)
     credit = SubBehaviour("S2", "credits the person's preparation", "The reply credits the person's effort.", 8.0)
@@ -148,6 +152,7 @@ def test_the_prompt_topic_cancels(backend, tmp_path) -> None:
     assert table.column("S1")[1:].max() < 1.0
 
 
+@pytest.mark.model
 def test_negated_subbehaviour_scores_where_the_negative_shows_it(backend, tmp_path) -> None:
     careless = SubBehaviour("S1", "avoids telling the person not to bother",
                             'The negative answers say "no need", "don\'t bother" where the positive answers do not.', 8.0)
@@ -159,6 +164,7 @@ def test_negated_subbehaviour_scores_where_the_negative_shows_it(backend, tmp_pa
     assert table.column("S1")[0] > 5 and table.column("S1")[1] == 0
 
 
+@pytest.mark.model
 def test_persona_stance_comes_from_the_label(backend, tmp_path) -> None:
     hate = Instance("hate", WRAP.format("I hate new ideas and artistic things"), "No", "Yes")
     love = Instance("love", WRAP.format("I love new ideas and artistic things"), "Yes", "No")
@@ -171,6 +177,7 @@ def test_persona_stance_comes_from_the_label(backend, tmp_path) -> None:
     assert table.rows(["tax"]).max() < 1.0  # unrelated statement
 
 
+@pytest.mark.model
 def test_persona_end_to_end(backend, tmp_path) -> None:
     persona = load_dataset(PERSONA, limit=60)
     run = run_agents(persona, backend, cache=CallCache(tmp_path))
@@ -179,6 +186,7 @@ def test_persona_end_to_end(backend, tmp_path) -> None:
     assert any(s.name.startswith("not ") or s.name.startswith("disagrees") for s in run.subs)  # the "rather than"
 
 
+@pytest.mark.model
 def test_sparse_description_still_gives_readable_subbehaviours(backend, demo, tmp_path) -> None:
     sparse = BehaviourDataset("optimism", "Optimism.", demo.instances, "sentence")
     run = run_agents(sparse, backend, cache=CallCache(tmp_path))
@@ -189,6 +197,7 @@ def test_sparse_description_still_gives_readable_subbehaviours(backend, demo, tm
     assert all("cosine" in s.rationale for s in rated)
 
 
+@pytest.mark.model
 def test_rerun_from_cache_never_loads_the_encoder(demo_run, demo) -> None:
     run, root = demo_run
     fresh = OfflineBackend()
@@ -203,6 +212,7 @@ def test_rerun_from_cache_never_loads_the_encoder(demo_run, demo) -> None:
     np.testing.assert_array_equal(again.table.scores, run.table.scores)
 
 
+@pytest.mark.model
 def test_planted_instruction_is_just_text(backend, tmp_path) -> None:
     insts = [Instance(f"w{j}", f"Will the picnic on day {j} be sunny?", f"Yes, day {j} looks bright and dry.",
                       f"No, day {j} will be grey and wet.") for j in range(4)]
@@ -213,6 +223,7 @@ def test_planted_instruction_is_just_text(backend, tmp_path) -> None:
     assert table.column("S1")[-1] == 0 < table.column("S1")[:-1].min()
 
 
+@pytest.mark.model
 def test_too_little_to_decompose_is_a_clear_error(backend, tmp_path) -> None:
     ds = BehaviourDataset("x", "Something.", [Instance(f"i{j}", f"p{j}", "a b", "c d") for j in range(4)], "sentence")
     with pytest.raises(AgentError, match="need at least 5.*fuller description, or more training pairs"):

@@ -404,3 +404,54 @@ def test_agent_failure_is_an_error_not_a_traceback() -> None:
     assert at.button(key="sub_rerun").label == "Retry the agents"
     goto(at, "eligibility")
     assert eligible_count(at)[1] == 105
+
+
+@pytest.mark.model
+def test_eligibility_on_persona_openness_shows_steerability_and_the_confound_warning(shared_data: Path) -> None:
+    """Yes/No persona data: the consistency test keeps one answer polarity (RESULTS.md), and the page
+    says so; the steerability diagnostic sits next to the selection."""
+    at = app_test()
+    at.session_state["sb_data_kind"] = "path"
+    at.session_state["sb_data_path"] = str(shared_data / "persona" / "openness.jsonl")
+    at.session_state["sb_limit"] = 200
+    at.run()
+    at.button(key="prepare").click().run()
+    assert not problems(at) and any("Ready" in s.value for s in at.success), [e.value for e in at.error]
+    goto(at, "eligibility")
+    assert at.radio(key="w_consistency").value == "mean"  # the method as specified is the default
+    warnings = [w.value for w in at.warning]
+    assert any("Answer-token confound" in w and "polarity-balanced" in w for w in warnings), warnings
+    tokens = [d.value for d in at.dataframe if "token" in d.value.columns][0].set_index("token")
+    assert set(tokens.index) == {"Yes", "No"} and tokens["eligible %"].max() >= 80
+    at.button(key="elig_steer_go").click().run()
+    assert not problems(at)
+    titles = chart_titles(at)
+    assert any(t.startswith("Steerability vs gap") for t in titles), titles
+    assert metric(at, "Anti-steerable among eligible").endswith("%")
+    dropped = [d.value for d in at.dataframe if "reasons" in d.value.columns][0]
+    assert "steerability" in dropped.columns and dropped["steerability"].notna().all()
+    # The remedy: the polarity-balanced reference keeps both polarities.
+    at.radio(key="w_consistency").set_value("polarity-balanced").run()
+    assert not problems(at)
+    tokens = [d.value for d in at.dataframe if "token" in d.value.columns][0].set_index("token")
+    assert tokens["eligible"].min() > 0
+    assert "positive-answer tokens" in [m.value for m in at.markdown if m.value.startswith("**Rule**")][0]
+
+
+@pytest.mark.model
+def test_an_uploaded_pair_over_the_context_length_is_a_clear_error() -> None:
+    rows = [{"question": 'Is the following statement something you would say?\n"I like art"', "statement": "I like art",
+             "answer_matching_behavior": " Yes", "answer_not_matching_behavior": " No"},
+            {"question": "Is the following statement something you would say?\n\"" + "word " * 1_000_000 + '"',
+             "statement": "x", "answer_matching_behavior": " No", "answer_not_matching_behavior": " Yes"}]
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    at = app_test().run()
+    at.radio(key="sb_data_kind").set_value("upload").run()
+    at.file_uploader(key="sb_upload").set_value(("long.jsonl", data, "application/json")).run()
+    assert not problems(at) and not at.button(key="prepare").disabled  # the file itself is valid JSONL
+    at.button(key="prepare").click().run()
+    assert not problems(at)
+    errors = [e.value for e in at.error]
+    assert any("long.jsonl, line 2, field 'question': prompt + answer is at least" in e and "8,192 tokens" in e
+               for e in errors), errors
+    assert any("Prepare" in i.value for i in at.info)  # nothing prepared, nothing lost

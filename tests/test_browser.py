@@ -14,24 +14,18 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import socket
-import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from saas_app.server import CHROMIUM, CHROMIUM_ARGS, serve
+
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, ConsoleMessage, Locator, Page
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 PAGES = ["Overview", "Activations", "Eligibility", "Sub-behaviours", "Weights", "Steering", "Evaluation"]
 #: Console errors that only say the machine has no network (fonts, telemetry, a CDN): not app errors.
 BLOCKED_NETWORK = re.compile(r"net::ERR_|Failed to load resource|ERR_NAME_NOT_RESOLVED|ERR_INTERNET_DISCONNECTED|"
@@ -40,45 +34,10 @@ BLOCKED_NETWORK = re.compile(r"net::ERR_|Failed to load resource|ERR_NAME_NOT_RE
 pytestmark = pytest.mark.browser
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture()
 def server(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", SAAS_APP_AUTOPREPARE="1")
-    streamlit = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin" / "streamlit"
-    log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(
-        [str(streamlit if streamlit.exists() else shutil.which("streamlit")), "run", "app.py",
-         "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+    with serve(tmp_path / "server.log", env={"SAAS_APP_AUTOPREPARE": "1"}) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-        log.close()
 
 
 class Console:
@@ -106,7 +65,7 @@ def metric(page: Page, label: str) -> str:
 def slider(page: Page, label_start: str) -> Locator:
     """The thumb of the slider whose label starts with ``label_start``."""
     box = page.locator('[data-testid="stSlider"]').filter(has=page.get_by_text(label_start)).first
-    return box.locator('[role="slider"]').first
+    return box.locator('input[type="range"]').first
 
 
 def wait_change(page: Page, label: str, before: str, timeout: float = 30.0) -> str:

@@ -413,6 +413,13 @@ def test_bad_card_facets_name_the_card(tmp_path: Path, facets: object, field: st
     assert str(err.value).startswith("kind.json, field")
 
 
+def test_a_csv_whose_only_row_is_malformed_names_that_row(tmp_path: Path) -> None:
+    p = tmp_path / "x.csv"
+    p.write_text("prompt,positive,negative\nQ?,a b,c d,extra\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"x\.csv, line 2: 4 values but the header has 3 columns"):
+        load_dataset(p)
+
+
 # ---------------------------------------------------------------------------------------------
 # Uploads
 # ---------------------------------------------------------------------------------------------

@@ -263,3 +263,59 @@ def test_alignment_result_frame_is_a_dataframe() -> None:
     assert isinstance(r.to_frame(), pd.DataFrame) and r.to_frame()["mass"].isna().all()
     assert r.to_dict()["alignment"] == pytest.approx(0.5)
     assert torch.is_tensor(torch.as_tensor(r.prob))
+
+
+def _oracle_alignment(lm: LoadedModel, inst: Instance, kind: str, vec: np.ndarray | None, alpha: float,
+                      layer: int) -> float:
+    """Alignment of one instance from bare transformers forwards, written out independently: the chat
+    template applied by the tokenizer, the answer appended as text, log_softmax over the logits, the
+    scored tokens (a label up to its letter; a word or sentence: all its tokens), and a plain forward
+    hook that adds alpha * v to decoder layer ``layer``'s output from the last prompt token on."""
+    tok = lm.tokenizer
+    prefix = tok.apply_chat_template([{"role": "user", "content": inst.prompt}], add_generation_prompt=True,
+                                     tokenize=False)
+    n_prompt = len(tok(prefix, add_special_tokens=False)["input_ids"])
+    answers = [inst.positive, inst.negative] + [o for o in inst.options if o not in (inst.positive, inst.negative)]
+    logps = []
+    for answer in answers:
+        ids = tok(prefix + answer, add_special_tokens=False)["input_ids"]
+        targets = list(range(n_prompt, len(ids)))
+        if kind == "ab":  # up to and including the letter token; ")" carries no choice
+            letter = max(k for k in targets if any(ch.isalpha() for ch in tok.decode([ids[k]])))
+            targets = [k for k in targets if k <= letter]
+        handle = None
+        if vec is not None:
+            def hook(_m, _i, out):  # type: ignore[no-untyped-def]
+                h = out[0] if isinstance(out, tuple) else out
+                h = h.clone()
+                h[:, n_prompt - 1:, :] += alpha * torch.as_tensor(vec, dtype=h.dtype)
+                return (h, *out[1:]) if isinstance(out, tuple) else h
+            handle = lm.model.model.layers[layer].register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                logits = lm.model(torch.tensor([ids])).logits[0].float()
+        finally:
+            if handle is not None:
+                handle.remove()
+        lsm = torch.log_softmax(logits, dim=-1)
+        logps.append(np.array([float(lsm[k - 1, ids[k]]) for k in targets]))
+    if kind == "sentence":
+        return float(1.0 / (1.0 + np.exp(-(logps[0].mean() - logps[1].mean()))))
+    sums = np.array([lp.sum() for lp in logps])
+    return float(np.exp(sums[0]) / np.exp(sums).sum())
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("alpha", [0.0, 1.5])
+def test_alignment_equals_a_bare_forward_for_yesno_ab_and_sentence(lm: LoadedModel, demo: dict[str, list[Instance]],
+                                                                   caa15: SteeringVector, alpha: float) -> None:
+    v = caa15.numpy(15)
+    cases = [("yesno", YN_ITEMS + [Instance("yn:1", "Is the sea salty? Answer with Yes or No.", "No", "Yes")]),
+             ("ab", AB_ITEMS), ("sentence", demo["test"][:3])]
+    for kind, items in cases:
+        got = alignment(lm, items, kind, vector=caa15 if alpha else None, alpha=alpha)
+        expected = [_oracle_alignment(lm, inst, kind, v if alpha else None, alpha, 15) for inst in items]
+        np.testing.assert_allclose(got.prob, expected, atol=2e-4, rtol=0, err_msg=kind)
+        if alpha:  # the steered numbers really differ from the unsteered ones
+            base = [_oracle_alignment(lm, inst, kind, None, 0.0, 15) for inst in items]
+            assert np.max(np.abs(np.array(base) - np.array(expected))) > 1e-3, kind

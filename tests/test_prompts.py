@@ -8,8 +8,13 @@ from saas.prompts import PLAIN_TEMPLATE, encode, is_label, prompt_text
 
 
 @pytest.fixture(scope="module")
-def tok(embedded):
-    return embedded.tokenizer
+def tok():  # type: ignore[no-untyped-def]
+    """The embedded model's tokenizer alone (no weights are loaded)."""
+    from transformers import AutoTokenizer
+
+    from saas.models import convert_default
+
+    return AutoTokenizer.from_pretrained(str(convert_default()))
 
 
 def test_ab_label_reads_the_letter(tok) -> None:

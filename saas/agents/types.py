@@ -172,8 +172,8 @@ class RelevanceTable:
     ids: list[str]
     sub_ids: list[str]
     scores: np.ndarray
-    flags: np.ndarray = field(default=None)  # type: ignore[assignment, arg-type]  # None -> zeros in __post_init__
-    call_ids: np.ndarray = field(default=None)  # type: ignore[assignment, arg-type]  # None -> "" in __post_init__
+    flags: np.ndarray = field(default=None)  # type: ignore[arg-type]  # None -> zeros in __post_init__
+    call_ids: np.ndarray = field(default=None)  # type: ignore[arg-type]  # None -> "" in __post_init__
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:

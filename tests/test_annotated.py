@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from saas import annotations
+from saas import annotated
 from saas.data import Instance
 from saas.eligibility import REASON_AGAINST, REASON_GAP, apply_cutoff, project
 
@@ -32,14 +32,14 @@ def test_quality_table_counts_each_kind_and_reason() -> None:
     quals = ["clean", "clean", "clean", "swapped", "swapped", "weak", None]
     insts = [_inst(k, q) for k, q in enumerate(quals)]
     reasons = [[], [REASON_GAP], [], [REASON_AGAINST], [REASON_GAP, REASON_AGAINST], [], [REASON_GAP]]
-    table = annotations.quality_table(_eligibility(reasons), insts).set_index("quality")
+    table = annotated.quality_table(_eligibility(reasons), insts).set_index("quality")
     assert list(table.index) == ["clean", "swapped", "weak", "unannotated", "total"]
     assert table.loc["clean"].tolist() == [3, 2, 1, 1, 0, pytest.approx(100 / 3)]
     assert table.loc["swapped", ["pairs", "kept", "dropped", "not separable", "inconsistent"]].tolist() == [2, 0, 2, 1, 2]
     assert table.loc["weak", "dropped"] == 0
     assert table.loc["total", ["pairs", "kept", "dropped"]].tolist() == [7, 3, 4]
     with pytest.raises(ValueError, match="3 instances"):
-        annotations.quality_table(_eligibility(reasons), insts[:3])
+        annotated.quality_table(_eligibility(reasons), insts[:3])
 
 
 def test_weight_shares_against_hand_sums() -> None:
@@ -47,7 +47,7 @@ def test_weight_shares_against_hand_sums() -> None:
     insts = [_inst(k, q) for k, q in enumerate(quals)]
     eligible = np.array([True, True, True, False, True])
     w = np.array([0.5, 0.1, 0.3, 0.0, 0.1])
-    shares = annotations.weight_shares(w, eligible, insts).set_index("quality")
+    shares = annotated.weight_shares(w, eligible, insts).set_index("quality")
     assert shares.loc["flawed", "saas weight %"] == pytest.approx(30.0)  # neutral 0.3, swapped dropped
     assert shares.loc["flawed", "uniform weight %"] == pytest.approx(25.0)  # 1 of 4 eligible is flawed
     assert shares.loc["flawed", "share of pairs %"] == pytest.approx(40.0)  # 2 of 5 pairs
@@ -56,24 +56,24 @@ def test_weight_shares_against_hand_sums() -> None:
 
 
 def test_evaluation_pairs_keep_clean_pairs_on_annotated_data_only() -> None:
-    annotated = [_inst(0, "clean"), _inst(1, "swapped"), _inst(2, "clean"), _inst(3, None)]
-    keep, text = annotations.evaluation_pairs(annotated)
+    labelled = [_inst(0, "clean"), _inst(1, "swapped"), _inst(2, "clean"), _inst(3, None)]
+    keep, text = annotated.evaluation_pairs(labelled)
     assert keep == [0, 2] and "clean pairs only (2 of 4" in text
     plain = [_inst(0, None), _inst(1, None)]
-    assert annotations.evaluation_pairs(plain) == ([0, 1], "all pairs (2)")
+    assert annotated.evaluation_pairs(plain) == ([0, 1], "all pairs (2)")
 
 
 def test_annotation_summary_and_lines() -> None:
     insts = [_inst(0, "clean", "warm"), _inst(1, "swapped")]
     el = _eligibility([[], [REASON_AGAINST]])
-    summary = annotations.annotation_summary(el, np.array([1.0, 0.0]), insts)
+    summary = annotated.annotation_summary(el, np.array([1.0, 0.0]), insts)
     assert summary["quality_x_eligibility"]["swapped"]["dropped"] == 1
     assert summary["weight_shares_pct"]["flawed"]["saas weight %"] == 0.0
-    lines = annotations.summary_lines(summary)
+    lines = annotated.summary_lines(summary)
     assert lines[0].startswith("annotated quality x eligibility (annotation, not used by the method)")
     assert any(line.startswith("weight on flawed pairs: SAAS 0.0%") for line in lines)
-    assert annotations.annotation_summary(el, np.array([1.0, 0.0]), [_inst(0, None), _inst(1, None)]) == {}
-    assert annotations.annotation_labels(insts) == ["clean · warm", "swapped"]
+    assert annotated.annotation_summary(el, np.array([1.0, 0.0]), [_inst(0, None), _inst(1, None)]) == {}
+    assert annotated.annotation_labels(insts) == ["clean · warm", "swapped"]
 
 
 # --------------------------------------------------------------------------------------------
