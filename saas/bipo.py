@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -94,7 +95,11 @@ def _add_at(lm: LoadedModel, layer: int, delta: torch.Tensor, start: torch.Tenso
     if not 0 <= layer < lm.n_layers:
         raise IndexError(f"cannot steer layer {layer}: the model has layers 0..{lm.n_layers - 1}")
 
+    owner = threading.get_ident()  # the model may be shared: steer only this thread's forwards
+
     def hook(_m: nn.Module, _inp: object, out: Any) -> Any:
+        if threading.get_ident() != owner:
+            return None
         hidden = out[0] if isinstance(out, tuple) else out
         seq = hidden.shape[1]
         mask = torch.arange(seq, device=hidden.device)[None, :] >= start.to(hidden.device)[:, None]

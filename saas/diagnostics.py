@@ -120,10 +120,10 @@ def confound_check(instances: Sequence[Instance], eligible: np.ndarray, weights:
         return ConfoundCheck(False, "", "", split)
     if split["pairs %"].max() > 100.0 * balanced:
         return ConfoundCheck(False, "", "", split)
-    for col, what in (("eligible %", "of the eligible pairs"), ("saas weight %", "of the SAAS weight")):
+    for col, what in (("eligible %", "of the eligible pairs have"), ("saas weight %", "of the SAAS weight is on pairs with")):
         top = split.loc[split[col].idxmax()] if split[col].notna().any() else None
         if top is not None and float(top[col]) >= 100.0 * share:
-            msg = (f"Answer-token confound: {float(top[col]):.0f}% {what} have the positive answer "
+            msg = (f"Answer-token confound: {float(top[col]):.0f}% {what} the positive answer "
                    f"{top['token']!r}, although the training pairs are balanced "
                    f"({', '.join(f'{r.token!r} {r._3:.0f}%' for r in split.itertuples())}). The local vectors "
                    "of token answers carry the answer token's identity, so this selection steers towards "

@@ -9,10 +9,15 @@ The method (DESIGN.md section 1) keeps an instance i only if it is
 - *consistent*: cos(v_i, vbar) > 0, with v_i = a_i+ - a_i- and vbar the mean of ALL v_i.
 
 Option (DESIGN.md section 5, not the method's default): ``consistency="polarity-balanced"`` for
-token answers. The reference direction is then the mean over positive-answer tokens t of
-vbar_t = mean of v_i over the pairs whose positive answer is t, so that a training split that holds
-51 % "Yes" positives does not make the answer token's identity (v_i ~ +-(a(Yes) - a(No))) the
-reference. With one token this equals the default.
+token answers. The reference direction is then the mean over positive-answer tokens t of the unit
+mean directions u_t = vbar_t / ||vbar_t||, vbar_t the mean of v_i over the pairs whose positive
+answer is t, so that the answer token's identity (v_i ~ +-(a(Yes) - a(No))) cannot become the
+reference. Our reading of "the mean direction per token, averaged": the directions are normalised
+before they are averaged. Measured on persona openness, averaging the raw means does not balance
+the test: the "Yes" group's mean is longer than the "No" group's, their average leans to "Yes",
+and 99 % of the eligible pairs stayed "Yes" (RESULTS.md); with unit directions every token's own
+mean lies on the positive side of the reference (cos(vbar_t, sum_s u_s) >= 0 whenever the means are
+not exactly opposite). With one token this equals the default.
 
 The work is split so that a kappa slider never redoes the solve:
 
@@ -390,8 +395,8 @@ def consistency_reference(
     Args:
         diffs: [N, d] local vectors v_i.
         consistency: ``"mean"``: vbar = mean_i v_i (the method); ``"polarity-balanced"``:
-            (1/T) sum_t vbar_t with vbar_t the mean of v_i over the pairs whose positive answer is
-            token t (``groups[i]``).
+            (1/T) sum_t vbar_t / ||vbar_t|| with vbar_t the mean of v_i over the pairs whose
+            positive answer is token t (``groups[i]``).
         groups: [N] positive-answer token of each pair (needed for ``"polarity-balanced"``).
 
     Returns:
@@ -408,8 +413,15 @@ def consistency_reference(
             f"got {len(groups)} positive-answer tokens for {diffs.shape[0]} pairs"
         )
     g = np.asarray([str(x) for x in groups])
-    means = [diffs[g == t].mean(axis=0, dtype=np.float64) for t in sorted(set(g.tolist()))]
-    return np.asarray(np.mean(means, axis=0))
+    units = []
+    for t in sorted(set(g.tolist())):
+        mean_t = diffs[g == t].mean(axis=0, dtype=np.float64)
+        norm = float(np.linalg.norm(mean_t))
+        if norm > 0.0:
+            units.append(mean_t / norm)
+    if not units:
+        raise EligibilityError("every per-token mean local vector is zero: there is no direction to test against")
+    return np.asarray(np.mean(units, axis=0))
 
 
 def project(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import html
 import math
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -434,6 +434,37 @@ def _framed(values: np.ndarray, pad: float = 0.08) -> tuple[float, float]:
     return _padded_range(values, pad=pad)
 
 
+def _selection_points(
+    fig: go.Figure,
+    x: np.ndarray,
+    y: np.ndarray,
+    keep: np.ndarray,
+    texts: Callable[[np.ndarray], list[str]],
+    quality: Sequence[str] | None,
+    group_name: Callable[[str, np.ndarray], str],
+) -> None:
+    """Add the point traces of an eligibility view: "eligible" / "dropped" (green circles, red
+    crosses), or with ``quality`` one trace per annotated quality (its colour; circle = eligible,
+    cross = dropped). ``group_name(kind, rows)`` names a trace; ``customdata`` = instance index."""
+    groups: list[tuple[str, np.ndarray, str, object]]
+    if quality is None:
+        groups = [("eligible", np.flatnonzero(keep), COLORS["eligible"], "circle"),
+                  ("dropped", np.flatnonzero(~keep), COLORS["dropped"], "x")]
+    else:
+        q = np.asarray(list(quality), dtype=object)
+        groups = []
+        for kind in _quality_order(list(quality)):
+            rows = np.flatnonzero(q == kind)
+            groups.append((kind, rows, QUALITY_COLORS.get(kind, _FALLBACK_COLORS[0]),
+                           ["circle" if keep[i] else "x" for i in rows]))
+    for kind, rows, color, symbol in groups:
+        fig.add_trace(go.Scatter(
+            x=x[rows], y=y[rows], mode="markers", name=group_name(kind, rows),
+            marker={"color": color, "symbol": symbol, "size": 8, "opacity": 0.85},
+            customdata=rows, hovertext=texts(rows), hovertemplate="%{hovertext}<extra></extra>",
+        ))
+
+
 def eligibility_scatter(
     p: np.ndarray,
     n: np.ndarray,
@@ -488,30 +519,14 @@ def eligibility_scatter(
             for i in rows
         ]
 
+    def name(kind: str, rows: np.ndarray) -> str:
+        if quality is None:
+            return f"{kind} ({rows.size})"
+        n_drop = int((~keep[rows]).sum())
+        return f"{kind}: {rows.size - n_drop} kept, {n_drop} dropped ({ANNOTATION_NOTE})"
+
     fig = go.Figure()
-    if quality is None:
-        for name, mask, color, symbol in (
-            ("eligible", keep, COLORS["eligible"], "circle"),
-            ("dropped", ~keep, COLORS["dropped"], "x"),
-        ):
-            rows = np.flatnonzero(mask)
-            fig.add_trace(go.Scatter(
-                x=nv[rows], y=pv[rows], mode="markers", name=f"{name} ({rows.size})",
-                marker={"color": color, "symbol": symbol, "size": 8, "opacity": 0.85},
-                customdata=rows, hovertext=texts(rows), hovertemplate="%{hovertext}<extra></extra>",
-            ))
-    else:
-        q = np.asarray(list(quality), dtype=object)
-        for kind in _quality_order(list(quality)):
-            rows = np.flatnonzero(q == kind)
-            n_drop = int((~keep[rows]).sum())
-            fig.add_trace(go.Scatter(
-                x=nv[rows], y=pv[rows], mode="markers",
-                name=f"{kind}: {rows.size - n_drop} kept, {n_drop} dropped ({ANNOTATION_NOTE})",
-                marker={"color": QUALITY_COLORS.get(kind, _FALLBACK_COLORS[0]),
-                        "symbol": ["circle" if keep[i] else "x" for i in rows], "size": 8, "opacity": 0.85},
-                customdata=rows, hovertext=texts(rows), hovertemplate="%{hovertext}<extra></extra>",
-            ))
+    _selection_points(fig, nv, pv, keep, texts, quality, name)
     x_lo, x_hi = _framed(nv)
     y_lo, y_hi = _framed(pv)
     line_x = np.array([x_lo, x_hi])
@@ -603,29 +618,14 @@ def steerability_scatter(
             for i in rows
         ]
 
+    def name(kind: str, rows: np.ndarray) -> str:
+        anti = int((sv[rows] < 0).sum())
+        if quality is None:
+            return f"{kind} ({rows.size}, {anti} anti-steerable)"
+        return f"{kind}: {anti} of {rows.size} anti-steerable ({ANNOTATION_NOTE})"
+
     fig = go.Figure()
-    if quality is None:
-        groups = [("eligible", keep, COLORS["eligible"], "circle"), ("dropped", ~keep, COLORS["dropped"], "x")]
-        for name, mask, color, symbol in groups:
-            rows = np.flatnonzero(mask)
-            anti = int((sv[rows] < 0).sum())
-            fig.add_trace(go.Scatter(
-                x=xv[rows], y=sv[rows], mode="markers", name=f"{name} ({rows.size}, {anti} anti-steerable)",
-                marker={"color": color, "symbol": symbol, "size": 8, "opacity": 0.85},
-                customdata=rows, hovertext=texts(rows), hovertemplate="%{hovertext}<extra></extra>",
-            ))
-    else:
-        q = np.asarray(list(quality), dtype=object)
-        for kind in _quality_order(list(quality)):
-            rows = np.flatnonzero(q == kind)
-            anti = int((sv[rows] < 0).sum())
-            fig.add_trace(go.Scatter(
-                x=xv[rows], y=sv[rows], mode="markers",
-                name=f"{kind}: {anti} of {rows.size} anti-steerable ({ANNOTATION_NOTE})",
-                marker={"color": QUALITY_COLORS.get(kind, _FALLBACK_COLORS[0]),
-                        "symbol": ["circle" if keep[i] else "x" for i in rows], "size": 8, "opacity": 0.85},
-                customdata=rows, hovertext=texts(rows), hovertemplate="%{hovertext}<extra></extra>",
-            ))
+    _selection_points(fig, xv, sv, keep, texts, quality, name)
     fig.add_hline(y=0.0, line={"color": COLORS["reference"], "dash": "dash", "width": 1.5},
                   annotation_text="slope 0: below = anti-steerable", annotation_position="bottom right")
     n_anti = int((sv < 0).sum())

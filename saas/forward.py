@@ -43,6 +43,7 @@ import contextlib
 import copy
 import inspect
 import logging
+import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -351,7 +352,10 @@ class LayerCapture:
     """Forward hooks on every decoder layer that keep ``hidden[rows, cols]`` of each layer's output.
 
     Use as a context manager around one forward; :meth:`result` stacks the captures to
-    float32 [len(rows), n_layers, d]. The hooks return nothing (they never change the output).
+    float32 [len(rows), n_layers, d]. The hooks return nothing (they never change the output), and,
+    like the steering hooks, they act only in the thread that entered the context: the model is
+    shared (every session of the app), and a forward of another thread must not land in this
+    capture (measured: two sessions extracting at once crashed or mixed their activations before).
     """
 
     def __init__(self, lm: LoadedModel, rows: torch.Tensor, cols: torch.Tensor) -> None:
@@ -359,12 +363,16 @@ class LayerCapture:
         self.rows, self.cols = rows, cols
         self.captured: list[torch.Tensor] = []
         self.handles: list[Any] = []
+        self.owner = threading.get_ident()
 
     def _hook(self, _module: nn.Module, _inp: object, out: Any) -> None:
+        if threading.get_ident() != self.owner:
+            return
         hidden = out[0] if isinstance(out, tuple) else out  # transformers 5.x returns a plain tensor
         self.captured.append(hidden[self.rows, self.cols].float())
 
     def __enter__(self) -> LayerCapture:
+        self.owner = threading.get_ident()
         self.handles = [layer.register_forward_hook(self._hook) for layer in self.layers]
         return self
 

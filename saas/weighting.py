@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from saas.data import DatasetError
+
 #: Temperatures in [T_MIN, T_MAX] are guaranteed to give finite weights that sum to 1. Larger t
 #: work too; t <= 0 is rejected.
 T_MIN = 1e-3
@@ -288,7 +290,8 @@ def load_scores_table(
 
     Raises:
         FileNotFoundError: ``path`` is given but does not exist.
-        ValueError: no ``id`` column, duplicate ids, non-numeric scores, or missing contributions.
+        DatasetError: no ``id`` column, duplicate ids, non-numeric scores, or missing contributions
+            (a ValueError naming the file, line and column).
     """
     if path is None:
         return ScoresTable(ids=[], scores=np.zeros(0), source="uniform", uniform=True)
@@ -297,43 +300,57 @@ def load_scores_table(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"scores table not found: {path}")
-    df = pd.read_csv(path, dtype={"id": str})
+    try:
+        df = pd.read_csv(path, dtype={"id": str})
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise DatasetError(f"not a readable CSV ({str(exc).splitlines()[0]})", path=path) from None
     if "id" not in df.columns:
-        raise ValueError(f"{path}: the scores table needs an 'id' column, got {list(df.columns)}")
+        raise DatasetError(f"the scores table needs an 'id' column, got {list(df.columns)}", path=path, line=1,
+                           field="id")
     ids = [str(i) for i in df["id"]]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"{path}: duplicate ids in the scores table")
+    seen: dict[str, int] = {}
+    for row, ident in enumerate(ids):
+        if ident in seen:
+            raise DatasetError(f"duplicate id {ident!r} (also on line {seen[ident] + 2})", path=path, line=row + 2,
+                               field="id")
+        seen[ident] = row
 
     def numeric(cols: list[str]) -> np.ndarray:
-        try:
-            return df[cols].to_numpy(dtype=np.float64)
-        except ValueError as exc:
-            raise ValueError(f"{path}: non-numeric scores in columns {cols}") from exc
+        for col in cols:
+            values = pd.to_numeric(df[col], errors="coerce")
+            bad = np.flatnonzero(values.isna().to_numpy() & df[col].notna().to_numpy())
+            if bad.size:
+                raise DatasetError(f"expected a number, got {str(df[col].iloc[bad[0]])!r}", path=path,
+                                   line=int(bad[0]) + 2, field=col)
+        return df[cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
 
     if "score" in df.columns:
         return ScoresTable(ids=ids, scores=numeric(["score"])[:, 0], source=str(path))
 
     names = [c for c in df.columns if c != "id"]
     if not names:
-        raise ValueError(f"{path}: no score columns: need 'score' or one column per sub-behaviour")
+        raise DatasetError("no score columns: need 'score' or one column per sub-behaviour", path=path, line=1)
     sub = numeric(names)
     if contributions is None:
         sidecar = path.with_name(path.stem + ".contributions.json")
         if not sidecar.is_file():
-            raise ValueError(
-                f"{path}: per-sub-behaviour scores need contributions c_k: pass contributions= "
-                f"or write {sidecar.name} as {{name: c_k}}"
+            raise DatasetError(
+                f"per-sub-behaviour scores need contributions c_k: pass contributions= "
+                f"or write {sidecar.name} as {{name: c_k}}", path=path
             )
-        contributions = json.loads(sidecar.read_text())
+        try:
+            contributions = json.loads(sidecar.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DatasetError(f"invalid JSON: {exc}", path=sidecar) from None
     if isinstance(contributions, dict):
         missing = [n for n in names if n not in contributions]
         if missing:
-            raise ValueError(f"{path}: no contribution for sub-behaviour(s) {missing}")
+            raise DatasetError(f"no contribution for sub-behaviour(s) {missing}", path=path)
         c = np.array([float(contributions[n]) for n in names], dtype=np.float64)
     else:
         c = np.asarray(contributions, dtype=np.float64)
         if c.shape != (len(names),):
-            raise ValueError(f"{path}: {c.shape[0]} contributions for {len(names)} columns")
+            raise DatasetError(f"{c.shape[0]} contributions for {len(names)} columns", path=path)
     return ScoresTable(
         ids=ids,
         scores=importance(sub, c),

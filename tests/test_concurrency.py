@@ -113,3 +113,21 @@ def test_two_app_sessions_prepare_and_generate_at_the_same_time() -> None:
         assert texts == alone, name
     # The shared prepared runs were not mutated by the other session.
     assert resources.open_run(specs["demo"][0]).prepared is run_a.prepared
+
+
+def test_two_threads_extracting_activations_at_once_each_get_their_own(tiny: LoadedModel, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The capture hooks are thread-owned too (before, the second thread's forwards landed in the
+    first thread's capture: an IndexError, or mixed activations)."""
+    from saas.activations import extract_activations
+    from saas.data import Instance
+
+    monkeypatch.setenv("SAAS_CACHE_DIR", str(tmp_path))
+    a = [Instance(f"a{k}", f"How will day {k} go?", f"It will go wonderfully, day {k}.", "Badly.") for k in range(12)]
+    b = [Instance(f"b{k}", f"Is box {k} heavy?", "Yes", "No") for k in range(9)]
+    alone_a = extract_activations(tiny, a, batch_size=4, use_cache=False)
+    alone_b = extract_activations(tiny, b, batch_size=6, use_cache=False)
+    for _ in range(3):
+        got_a, got_b = run_together(lambda: extract_activations(tiny, a, batch_size=4, use_cache=False),
+                                    lambda: extract_activations(tiny, b, batch_size=6, use_cache=False))
+        np.testing.assert_allclose(got_a.positive, alone_a.positive, atol=1e-5)
+        np.testing.assert_allclose(got_b.negative, alone_b.negative, atol=1e-5)

@@ -331,12 +331,22 @@ def test_polarity_balanced_reference_equals_numpy_and_stops_the_majority_token_w
     kept_mean = apply_cutoff(mean_proj, 0.0).consistent
     assert set(tokens[kept_mean]) == {"Yes"}  # the method as specified: one polarity survives
     bal = project(pos, neg, axis="mean_diff", consistency="polarity-balanced", groups=tokens.tolist())
-    ref = (diffs[tokens == "Yes"].mean(axis=0) + diffs[tokens == "No"].mean(axis=0)) / 2
+    unit = [diffs[tokens == t].mean(axis=0) / np.linalg.norm(diffs[tokens == t].mean(axis=0)) for t in ("No", "Yes")]
+    ref = (unit[0] + unit[1]) / 2  # the unit per-token mean directions, averaged
     expected = diffs @ ref / (np.linalg.norm(diffs, axis=1) * np.linalg.norm(ref))
     np.testing.assert_allclose(bal.cosine, expected, rtol=1e-9, atol=1e-12)
     res = apply_cutoff(bal, 0.0)
     assert set(tokens[res.consistent]) == {"Yes", "No"} and res.consistent.mean() > 0.9
     assert res.consistency == "polarity-balanced" and "positive-answer tokens" in res.rule
+    # Unequal group means (the "Yes" mean longer, as measured on persona openness): averaging the RAW
+    # means would lean to "Yes" and drop the "No" pairs; the unit directions keep both.
+    skew = np.where(tokens == "Yes", 1.0, -1.0)[:, None] * t * np.where(tokens == "Yes", 1.5, 1.0)[:, None]
+    diffs2 = skew + b * np.where(tokens == "Yes", 1.0, 0.3)[:, None] + 0.05 * rng.normal(size=(n, d))
+    raw_ref = diffs2[tokens == "Yes"].mean(axis=0) + diffs2[tokens == "No"].mean(axis=0)
+    assert (diffs2[tokens == "No"] @ raw_ref < 0).all()  # the raw average would drop every "No" pair
+    bal2 = apply_cutoff(project(neg + diffs2, neg, axis="mean_diff", consistency="polarity-balanced",
+                                groups=tokens.tolist()), 0.0)
+    assert set(tokens[bal2.consistent]) == {"Yes", "No"}
     # One token: identical to the default; no tokens: a clear error.
     same = project(pos, neg, axis="mean_diff", consistency="polarity-balanced", groups=["Yes"] * n)
     np.testing.assert_allclose(same.cosine, mean_proj.cosine)

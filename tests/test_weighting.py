@@ -153,3 +153,19 @@ def test_missing_table_is_uniform(tmp_path: Path) -> None:
     bad.write_text("name,score\na,1\n")
     with pytest.raises(ValueError, match="'id'"):
         load_scores_table(bad)
+
+
+def test_bad_scores_tables_name_the_line_and_column(tmp_path: Path) -> None:
+    from saas.data import DatasetError
+
+    p = tmp_path / "s.csv"
+    p.write_text("id,score\na,1.5\nb,high\n")
+    with pytest.raises(DatasetError) as err:
+        load_scores_table(p)
+    assert str(err.value) == "s.csv, line 3, field 'score': expected a number, got 'high'"
+    p.write_text("id,score\na,1\na,2\n")
+    with pytest.raises(DatasetError, match="s.csv, line 3, field 'id': duplicate id 'a' \\(also on line 2\\)"):
+        load_scores_table(p)
+    p.write_text("name,score\na,1\n")
+    with pytest.raises(DatasetError, match="needs an 'id' column"):
+        load_scores_table(p)
