@@ -60,6 +60,12 @@ REMEDIES = (
     "local vectors; randomise which letter carries the positive answer (A/B data); or read the result "
     "next to CAA, whose mean over both polarities cancels the answer token."
 )
+WEIGHT_REMEDIES = (
+    "The eligible pairs themselves are not one-sided: the importance scores put the weight there. "
+    "Remedies: a larger temperature (Weights page, CLI --temperature) moves the weights towards "
+    "uniform over the eligible pairs; compare with uniform-eligible; or use agents that score the "
+    "statement's behaviour rather than its answer (the Anthropic backend reads both answers)."
+)
 
 
 def answer_token_split(instances: Sequence[Instance], eligible: np.ndarray, weights: np.ndarray) -> pd.DataFrame:
@@ -120,14 +126,15 @@ def confound_check(instances: Sequence[Instance], eligible: np.ndarray, weights:
         return ConfoundCheck(False, "", "", split)
     if split["pairs %"].max() > 100.0 * balanced:
         return ConfoundCheck(False, "", "", split)
-    for col, what in (("eligible %", "of the eligible pairs have"), ("saas weight %", "of the SAAS weight is on pairs with")):
+    for col, what, remedies in (("eligible %", "of the eligible pairs have", REMEDIES),
+                                ("saas weight %", "of the SAAS weight is on pairs with", WEIGHT_REMEDIES)):
         top = split.loc[split[col].idxmax()] if split[col].notna().any() else None
         if top is not None and float(top[col]) >= 100.0 * share:
             msg = (f"Answer-token confound: {float(top[col]):.0f}% {what} the positive answer "
                    f"{top['token']!r}, although the training pairs are balanced "
                    f"({', '.join(f'{r.token!r} {r._3:.0f}%' for r in split.itertuples())}). The local vectors "
                    "of token answers carry the answer token's identity, so this selection steers towards "
-                   f"saying {top['token']!r} rather than towards the behaviour. {REMEDIES}")
+                   f"saying {top['token']!r} rather than towards the behaviour. {remedies}")
             return ConfoundCheck(True, str(top["token"]), msg, split)
     return ConfoundCheck(False, "", "", split)
 

@@ -111,3 +111,4 @@ def test_confound_check_quiet_on_a_mixed_selection_or_unbalanced_data() -> None:
     w = np.array([0.0, 0.1] * 10)
     check = confound_check(insts, np.ones(20, bool), w)
     assert check.flagged and check.token == "No" and "of the SAAS weight" in check.message
+    assert "temperature" in check.message and "polarity-balanced" not in check.message  # the eligibility is not the cause
