@@ -423,7 +423,9 @@ def test_eligibility_on_persona_openness_shows_steerability_and_the_confound_war
     assert any("Answer-token confound" in w and "polarity-balanced" in w for w in warnings), warnings
     tokens = [d.value for d in at.dataframe if "token" in d.value.columns][0].set_index("token")
     assert set(tokens.index) == {"Yes", "No"} and tokens["eligible %"].max() >= 80
-    at.button(key="elig_steer_go").click().run()
+    go = [b for b in at.button if b.key == "elig_steer_go"]  # absent when an earlier run cached the slopes
+    if go:
+        go[0].click().run()
     assert not problems(at)
     titles = chart_titles(at)
     assert any(t.startswith("Steerability vs gap") for t in titles), titles
