@@ -61,6 +61,7 @@ from saas.diagnostics import answer_token_split
 from saas.evaluation import (
     alignment_from_logprobs,
     alignments,
+    alpha_sweep,
     best_layer,
     best_temperature,
     layer_sweep,
@@ -292,30 +293,16 @@ def evaluate_seed(
 
     t0 = time.perf_counter()
     alphas = sorted({float(a) for a in config.alphas} | {-1.0, 1.0})
-    conds: list[Condition] = [(None, 0.0)]
-    keys: list[tuple[str, float]] = [("none", 0.0)]
-    for m, v in vectors.items():
-        for a in alphas:
-            if a != 0.0:
-                conds.append((v, a))
-                keys.append((m, a))
+    swept = dict(vectors)
     if config.norm_matched and baselines.CAA in vectors:  # every method at CAA's norm: only directions differ
-        for m, v in match_norms(vectors, baselines.CAA).items():
-            if m == baselines.CAA or v.norm() == 0.0:
-                continue
-            for a in alphas:
-                if a != 0.0:
-                    conds.append((v, a))
-                    keys.append((m + NORM_MATCHED, a))
-    res = [(r.mean, r.mass_mean if r.mass_mean is not None else float("nan"))
-           for r in alignments(p.lm, test_insts, kind, conds, prompt_cache=pc)]
-    base_al, base_mass = res[0]
-    rows = []
-    for (m, a), (al, mass) in zip(keys, res):
-        rows.append({"method": m, "alpha": a, "alignment": al, "mass": mass})
-    for m in dict.fromkeys(k[0] for k in keys[1:]):  # alpha 0 is the unsteered model for every method
-        if 0.0 in alphas:
-            rows.append({"method": m, "alpha": 0.0, "alignment": base_al, "mass": base_mass})
+        swept |= {m + NORM_MATCHED: v for m, v in match_norms(vectors, baselines.CAA).items()
+                  if m != baselines.CAA and v.norm() > 0.0}
+    # One sweep (evaluation's): alpha 0 is the unsteered model, run once and shared by every method.
+    df = alpha_sweep(p.lm, test_insts, kind, swept, sorted(set(alphas) | {0.0}), prompt_cache=pc)
+    base = df[df["alpha"] == 0.0].iloc[0]
+    rows = [{"method": "none", "alpha": 0.0, "alignment": float(base["alignment"]), "mass": float(base["mass"])}]
+    rows += [{"method": r.method, "alpha": r.alpha, "alignment": r.alignment, "mass": r.mass}
+             for r in df.itertuples() if r.alpha != 0.0 or 0.0 in alphas]
     timings["test_eval"] = time.perf_counter() - t0
     common = {"seed": seed, "layer": layer, "temperature": temperature, "n_test": len(test), "n_val": len(val)}
     rows = [common | r for r in rows]

@@ -360,7 +360,9 @@ def apply_rows(
 def match_norms(vectors: Mapping[str, SteeringVector], reference: str = "caa") -> dict[str, SteeringVector]:
     """Every vector rescaled to the norm of ``vectors[reference]`` at the same layer (the
     norm-matched comparison, DESIGN.md section 5): only the directions differ afterwards, so a
-    method cannot win by being longer. The reference itself is returned unchanged.
+    method cannot win by being longer. The reference itself is returned unchanged, and so is a
+    vector that is zero at some layer (it has no direction to rescale; e.g. PCA-diff oriented onto a
+    mean it is orthogonal to): callers see its zero norm and skip it.
 
     Raises:
         KeyError: no ``reference`` vector.
@@ -368,7 +370,13 @@ def match_norms(vectors: Mapping[str, SteeringVector], reference: str = "caa") -
     if reference not in vectors:
         raise KeyError(f"no {reference!r} vector to match the norms to; vectors: {sorted(vectors)}")
     ref = vectors[reference]
-    return {name: vec if name == reference else vec.scaled_to(ref) for name, vec in vectors.items()}
+
+    def matched(name: str, vec: SteeringVector) -> SteeringVector:
+        if name == reference or any(float(v.norm()) == 0.0 for v in vec.vectors.values()):
+            return vec
+        return vec.scaled_to(ref)
+
+    return {name: matched(name, vec) for name, vec in vectors.items()}
 
 
 def cosine_matrix(vectors: Mapping[str, ArrayLike | SteeringVector]) -> tuple[list[str], np.ndarray]:

@@ -337,5 +337,9 @@ def test_match_norms_keeps_directions_and_takes_the_reference_norm_per_layer() -
         match_norms({"saas": long})
     with pytest.raises(ValueError, match="across layers"):
         match_norms({"caa": caa, "x": SteeringVector({3: np.ones(8)}, "x")})
+    zero = SteeringVector({3: np.zeros(8), 5: np.ones(8)}, "z")
     with pytest.raises(ValueError, match="is zero at layer"):
-        SteeringVector({3: np.zeros(8), 5: np.ones(8)}, "z").scaled_to(caa)
+        zero.scaled_to(caa)
+    # In a comparison a zero vector is passed through (nothing to rescale), not an abort of the rest.
+    both = match_norms({"caa": caa, "z": zero, "saas": long})
+    assert both["z"] is zero and both["saas"].meta["norm_matched_to"] == "caa"
