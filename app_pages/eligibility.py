@@ -6,7 +6,8 @@ import numpy as np
 import streamlit as st
 
 from saas import annotated, diagnostics, explore, figures
-from saas.pipeline import MethodResult, run_steerability
+from saas.pipeline import MethodResult
+from saas_app.resources import steerability_of
 from saas_app.ui import (
     bound,
     instance_card,
@@ -45,11 +46,11 @@ def shrinkage_setting() -> None:
             ss["shrinkage"] = float(lam)
 
 
-def steerability_panel(res: MethodResult, reasons: list[str]) -> np.ndarray | None:
+def steerability_panel(res: MethodResult) -> np.ndarray | None:
     """Per-pair steerability under the CAA vector next to the selection; returns the slopes (or None)."""
     el = res.eligibility
     st.subheader("Does the selection keep the pairs that steer?")
-    steer = run_steerability(p, res, only_cached=True)
+    steer = steerability_of(run.key, p, res)
     if steer is None:
         st.caption("Steerability of a pair (Tan et al. 2024): the slope of its own preference log p(y+) - log p(y-) "
                    f"against alpha in {list(diagnostics.STEER_ALPHAS)} under the CAA vector of this layer; below 0 "
@@ -60,7 +61,7 @@ def steerability_panel(res: MethodResult, reasons: list[str]) -> np.ndarray | No
         bar = progress_bar()
         try:
             with model_lock():
-                steer = run_steerability(p, res, progress=bar)
+                steer = steerability_of(run.key, p, res, compute=True, progress=bar)
         except Exception as exc:
             show_error(exc)
             return None
@@ -74,11 +75,14 @@ def steerability_panel(res: MethodResult, reasons: list[str]) -> np.ndarray | No
     dropped_share = shares["anti_steerable_dropped"]
     c2.metric("Anti-steerable among dropped", "none dropped" if shares["n_dropped"] == 0 else f"{100 * dropped_share:.0f}%")
     c3.metric("Median steerability", f"{shares['median_slope']:.3g}", help="slope of log p(y+) - log p(y-) per unit alpha")
-    x_kind = st.radio("Against", ["gap p - n", "cosine with the mean local vector"], horizontal=True, key="elig_steer_x")
+    balanced = res.projection.consistency != "mean"
+    x_kind = st.radio("Against", ["gap p - n", "cosine of the consistency test"], horizontal=True, key="elig_steer_x",
+                      help="cos(v_i, reference): the mean local vector, or with the polarity-balanced option the "
+                           "mean of the per-token mean directions")
     use_gap = x_kind.startswith("gap")
     colour = st.session_state.get("elig_colour", "eligibility")
     fig = figures.steerability_scatter(el.gap if use_gap else el.cosine, slopes, el.eligible, el.ids,
-                                       x_label="gap p_i − n_i" if use_gap else "cos(v_i, v̄)", hover=texts,
+                                       x_label="gap p_i − n_i" if use_gap else ("cos(v_i, balanced reference)" if balanced else "cos(v_i, v̄)"), hover=texts,
                                        quality=annotated.qualities(train) if has_notes and colour == "annotation" else None)
     st.plotly_chart(fig, width="stretch", key="elig_steer_scatter")
     st.caption(f"CAA vector at layer {steer.layer} (the same activations and layer as the selection), alpha "
@@ -149,7 +153,9 @@ def eligibility_panel() -> None:
         instance_card(train[picked], f"(selected: gap {el.gap[picked]:.3g}, cosine {el.cosine[picked]:.3f}"
                                      f"{'; ' + reasons[picked] if reasons[picked] else ', eligible'})")
     st.plotly_chart(figures.cosine_histogram(el.cosine, el.eligible), width="stretch", key="elig_cos")
-    st.caption("Consistency: a pair is kept only if cos(v_i, mean v) > 0 (the line at 0).")
+    st.caption("Consistency: a pair is kept only if cos(v_i, r) > 0 (the line at 0); r = "
+               + ("the mean over positive-answer tokens of their unit mean local vectors." if res.projection.consistency != "mean"
+                  else "the mean local vector."))
     if has_notes:
         st.subheader("Annotated quality x kept / dropped")
         st.dataframe(annotated.quality_table(el, train), hide_index=True, key="elig_quality",
@@ -158,7 +164,7 @@ def eligibility_panel() -> None:
                    "with a flaw (swapped = positive and negative reversed; neutral = neither answer shows the "
                    "behaviour; confounded = the answers differ mainly in something else; weak = they barely "
                    "differ). A dropped pair can have both reasons.")
-    slopes = steerability_panel(res, reasons)
+    slopes = steerability_panel(res)
     dropped = explore.dropped_frame(el, train, slopes)
     st.subheader(f"Dropped pairs ({len(dropped)})")
     if dropped.empty:

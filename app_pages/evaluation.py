@@ -29,7 +29,7 @@ cap = st.number_input("Pairs per evaluation (at most; fewer is faster)", min_val
                       key="ev_cap", help="Each sweep uses the first pairs of its split, up to this many.")
 
 
-sig = (run.key, run.scores_key, res.layer, float(ss["kappa"]), ss["axis"], ss["shrinkage"], ss["consistency"],
+sig = (run.key, run.scores_key, res.layer, float(ss["kappa"]), ss["axis"], ss["shrinkage"], res.projection.consistency,
        res.temperature, int(cap))
 
 
@@ -41,22 +41,24 @@ def held_out(split: str) -> list[Instance]:
 
 
 def pairs_used(split: str) -> str:
-    insts = p.instances(split)
-    return annotated.evaluation_pairs(insts)[1] + (f", first {int(cap)}" if int(cap) < len(insts) else "")
+    keep, used = annotated.evaluation_pairs(p.instances(split))
+    return used + (f", first {int(cap)}" if int(cap) < len(keep) else "")
 
 
-def run_sweep(name: str, fn: Callable[..., pd.DataFrame], *args: Any, **kw: Any) -> None:
-    """Run one sweep under the model lock with a progress bar; keep its table in the session."""
+def run_sweep(name: str, fn: Callable[..., pd.DataFrame], *args: Any, **kw: Any) -> bool:
+    """Run one sweep under the model lock with a progress bar; keep its table in the session.
+    Returns whether it ran (a failure shows its message and keeps the previous table as it was)."""
     bar = progress_bar()
     try:
         with model_lock():
             df = fn(*args, progress=bar, **kw)
     except Exception as exc:
         show_error(exc)
-        return
+        return False
     finally:
         bar.clear()
     ss["evaluation"][name] = {"df": df, "sig": sig}
+    return True
 
 
 def stored(name: str) -> pd.DataFrame | None:
@@ -81,9 +83,8 @@ if st.button("Run the alpha sweep", type="primary", key="ev_alpha_go", disabled=
     chosen = {m: res.vectors[m] for m in methods}
     if norm:
         chosen = {m: v for m, v in match_norms({**chosen, "caa": res.vectors["caa"]}).items() if m in chosen}
-    run_sweep("alpha", evaluation.alpha_sweep, p.lm, held_out(split), kind, chosen, sorted(alphas))
-    if "alpha" in ss["evaluation"]:
-        ss["evaluation"]["alpha"]["norm"] = norm
+    if run_sweep("alpha", evaluation.alpha_sweep, p.lm, held_out(split), kind, chosen, sorted(alphas)):
+        ss["evaluation"]["alpha"]["norm"] = norm  # only on the table this sweep just stored
 st.caption(f"Pairs used from the {split} split: {pairs_used(split)}.")
 df = stored("alpha")
 if df is not None:

@@ -3,9 +3,11 @@ generated in ONE batch with the same seed and streamed into every column at once
 
 from __future__ import annotations
 
+import contextlib
+
 import streamlit as st
 
-from saas.generation import PROMPTED, Column, stream_columns
+from saas.generation import PROMPTED, columns_named, stream_columns
 from saas.prompts import prompted_system_prompt
 from saas.steering import PositionMode
 from saas_app.ui import bound, label, labels, model_lock, require_result, require_run, show_error
@@ -64,20 +66,6 @@ if "saas" not in res.vectors:
 alpha = float(st.session_state["alpha"])
 
 
-def columns_for(names: list[str]) -> list[Column]:
-    out = []
-    for name in names:
-        if name == "base":
-            out.append(Column(name))
-        elif name == PROMPTED:
-            out.append(Column(name, system=system))
-        elif name.startswith(f"{PROMPTED}+"):
-            out.append(Column(name, res.vectors[name.split("+", 1)[1]], alpha, system))
-        else:
-            out.append(Column(name, res.vectors[name], alpha))
-    return out
-
-
 def header(name: str) -> str:
     method = name.split("+", 1)[1] if name.startswith(f"{PROMPTED}+") else name
     if method in ("base", PROMPTED):
@@ -97,11 +85,12 @@ if st.button("Generate", type="primary", key="steer_go", disabled=not methods or
     texts = [""] * len(methods)
     try:
         with model_lock():
-            stream = stream_columns(lm, prompt, columns_for(methods), max_new_tokens=int(max_new),
+            stream = stream_columns(lm, prompt, columns_named(methods, res.vectors, alpha, system), max_new_tokens=int(max_new),
                                     do_sample=bool(sample), seed=int(seed), positions=positions)
-            for index, piece in stream:
-                texts[index] += piece
-                slots[index].markdown(texts[index])
+            with contextlib.closing(stream):  # a rerun that interrupts the page stops the generation too
+                for index, piece in stream:
+                    texts[index] += piece
+                    slots[index].markdown(texts[index])
         for slot, text in zip(slots, texts):
             if not text.strip():
                 slot.caption("(no text: the model ended its reply at once)")

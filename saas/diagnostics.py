@@ -68,6 +68,12 @@ WEIGHT_REMEDIES = (
 )
 
 
+def positive_tokens(instances: Sequence[Instance]) -> list[str]:
+    """Each pair's positive answer token (``" Yes"`` -> ``"Yes"``): the key of the answer-token
+    confound check and of the polarity-balanced consistency groups."""
+    return [i.positive.strip() for i in instances]
+
+
 def answer_token_split(instances: Sequence[Instance], eligible: np.ndarray, weights: np.ndarray) -> pd.DataFrame:
     """Per positive-answer token: pairs, eligible pairs and SAAS weight, as counts and shares.
 
@@ -84,7 +90,7 @@ def answer_token_split(instances: Sequence[Instance], eligible: np.ndarray, weig
     w = np.asarray(weights, dtype=np.float64)
     if keep.shape != (len(instances),) or w.shape != keep.shape:
         raise ValueError(f"eligible {keep.shape} and weights {w.shape} must both be [{len(instances)}]")
-    tokens = np.asarray([i.positive.strip() for i in instances])
+    tokens = np.asarray(positive_tokens(instances))
     n_elig, total_w = int(keep.sum()), float(w.sum())
     rows = []
     for tok in sorted(set(tokens.tolist()), key=lambda t: (-int((tokens == t).sum()), t)):

@@ -15,9 +15,11 @@ answer is t, so that the answer token's identity (v_i ~ +-(a(Yes) - a(No))) cann
 reference. Our reading of "the mean direction per token, averaged": the directions are normalised
 before they are averaged. Measured on persona openness, averaging the raw means does not balance
 the test: the "Yes" group's mean is longer than the "No" group's, their average leans to "Yes",
-and 99 % of the eligible pairs stayed "Yes" (RESULTS.md); with unit directions every token's own
-mean lies on the positive side of the reference (cos(vbar_t, sum_s u_s) >= 0 whenever the means are
-not exactly opposite). With one token this equals the default.
+and 99 % of the eligible pairs stayed "Yes" (RESULTS.md); with unit directions and two tokens
+(Yes/No, (A)/(B)) each token's own mean lies on the positive side of the reference
+(u_1 . (u_1 + u_2) = 1 + cos(u_1, u_2) >= 0); with three or more tokens that is no longer
+guaranteed. With one token this equals the default. A token whose mean local vector is exactly
+zero has no direction and does not enter the reference.
 
 The work is split so that a kappa slider never redoes the solve:
 
@@ -472,7 +474,7 @@ def project(
         )
     diffs = pos - neg
     ref = m if consistency == "mean" else consistency_reference(diffs, consistency, groups)
-    if consistency != "mean" and float(ref @ ref) <= _ZERO_RATIO * _second_moment(pos, neg):
+    if consistency != "mean" and float(ref @ ref) <= 1e-12:  # a mean of unit vectors: |ref| <= 1, no units
         raise EligibilityError("the polarity-balanced reference direction is zero: the per-token means cancel")
     return Projection(
         axis=axis,

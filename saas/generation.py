@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -219,6 +219,28 @@ def comparison_columns(
     return plain[:n_base] + prompted + plain[n_base:] + combined
 
 
+def columns_named(names: Sequence[str], vectors: Mapping[str, SteeringVector], alpha: float,
+                  system: str | None = None) -> list[Column]:
+    """Columns from their names, in the given order: ``"base"`` (unsteered), ``"prompted"`` (the
+    ``system`` prompt, no vector), ``"prompted+<method>"`` (both) or a method of ``vectors``.
+
+    Raises:
+        KeyError: a name that is none of these; ValueError: a prompted column without ``system``.
+    """
+    out = []
+    for name in names:
+        method = name.split("+", 1)[1] if name.startswith(f"{PROMPTED}+") else name
+        if name.startswith(PROMPTED) and system is None:
+            raise ValueError(f"column {name!r} needs a system prompt")
+        if method in ("base", PROMPTED):
+            out.append(Column(name, None, 0.0, system if method == PROMPTED else None))
+        elif method in vectors:
+            out.append(Column(name, vectors[method], alpha, system if name != method else None))
+        else:
+            raise KeyError(f"no column {name!r}: methods are {sorted(vectors)}")
+    return out
+
+
 def _check_columns(columns: Sequence[Column]) -> list[Column]:
     cols = list(columns)
     if not cols:
@@ -366,7 +388,7 @@ def stream_columns(
     positions: PositionMode = "generated",
     min_new_tokens: int | None = None,
     timeout: float | None = 120.0,
-) -> Iterator[tuple[int, str]]:
+) -> Generator[tuple[int, str], None, None]:
     """:func:`generate_columns`, streamed: yields ``(column index, text piece)`` as tokens are produced.
 
     All columns are rows of one ``generate`` call running in a worker thread; the per-row steering

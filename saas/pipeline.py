@@ -280,11 +280,15 @@ def _rel_t(t: float, s_spread: float, own: np.ndarray) -> float:
     return max(tau * own_spread, 1e-6) if own_spread > 1e-12 else 1.0
 
 
-def positive_tokens(dataset: BehaviourDataset, indices: list[int]) -> list[str] | None:
-    """The positive answer of each pair for token answers (Yes/No, A/B), None for sentences."""
-    if dataset.answer_kind == "sentence":
+def consistency_groups(dataset: BehaviourDataset, indices: list[int], consistency: str) -> list[str] | None:
+    """The groups the consistency test needs: for ``"polarity-balanced"`` on token answers (Yes/No,
+    A/B) the positive answer token of each pair (:func:`saas.diagnostics.positive_tokens`, the same
+    key the answer-token confound check splits by); None for ``"mean"`` or sentence answers."""
+    from saas.diagnostics import positive_tokens
+
+    if consistency == "mean" or dataset.answer_kind == "sentence":
         return None
-    return [dataset.instances[i].positive.strip() for i in indices]
+    return positive_tokens([dataset.instances[i] for i in indices])
 
 
 def fixed_vectors(prepared: Prepared, layer: int) -> dict[str, np.ndarray]:
@@ -300,7 +304,7 @@ def cheap_projection(prepared: Prepared, layer: int, axis: str, shrinkage: str |
     consistency test's cosines against the ``consistency`` reference)."""
     pos, neg = prepared.acts.layer(layer)
     idx = prepared.train
-    groups = positive_tokens(prepared.dataset, idx) if consistency != "mean" else None
+    groups = consistency_groups(prepared.dataset, idx, consistency)
     return project(pos[idx], neg[idx], axis=axis, shrinkage=shrinkage,  # type: ignore[arg-type]
                    consistency=consistency, groups=groups)  # type: ignore[arg-type]
 

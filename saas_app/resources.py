@@ -52,10 +52,11 @@ from saas.pipeline import (
     agent_backend,
     cheap_projection,
     compute,
+    consistency_groups,
     fixed_vectors,
-    positive_tokens,
     prepare,
     run_agents_for,
+    run_steerability,
     set_agent_run,
 )
 
@@ -280,6 +281,27 @@ def method_result(key: str, scores_key: str, layer: int, kappa: float, axis: str
                    consistency=consistency, fixed=unweighted(key, layer, _prepared))
 
 
+_NOT_COMPUTED = object()
+
+
+def steerability_of(run_key: str, _prepared: Prepared, result: MethodResult, *, compute: bool = False,
+                    progress: Progress = None) -> Any:
+    """The training pairs' steerability under the run's CAA vector at ``result.layer``: from memory,
+    else from the disk cache, else (only with ``compute``) from the model; None when not computed.
+
+    CAA at a layer depends on nothing a slider moves (kappa, t, axis, shrinkage, consistency), so the
+    answer, a miss included, is memoised per (run, layer): a slider move never reads the disk again.
+    """
+    store = _store("steerability", 32)
+    key = f"{run_key}|{result.layer}"
+    hit = store.peek(key)
+    if hit is not None and (hit is not _NOT_COMPUTED or not compute):
+        return None if hit is _NOT_COMPUTED else hit
+    steer = run_steerability(_prepared, result, only_cached=not compute, progress=progress)
+    store.put(key, _NOT_COMPUTED if steer is None else steer)
+    return steer
+
+
 @st.cache_resource(show_spinner=False, max_entries=64)
 def unweighted(key: str, layer: int, _prepared: Prepared) -> dict[str, np.ndarray]:
     """CAA and the PCA baselines at one layer: no kappa or temperature move recomputes them."""
@@ -291,7 +313,7 @@ def layer_projections(key: str, axis: str, shrinkage: str | float, consistency: 
                       _prepared: Prepared) -> list[Projection | str]:
     """Every layer's projection of the training split (the solves; kappa reuses them)."""
     acts = _prepared.acts
-    groups = positive_tokens(_prepared.dataset, _prepared.train) if consistency != "mean" else None
+    groups = consistency_groups(_prepared.dataset, _prepared.train, consistency)
     return explore.layer_projections(acts.positive, acts.negative, _prepared.train, axis, shrinkage, consistency,
                                      groups)
 

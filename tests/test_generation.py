@@ -149,3 +149,17 @@ def test_comparison_columns_order_and_prompted_columns(strong: SteeringVector) -
         comparison_columns({"base": None}, 1.0, system=SYSTEM, prompted_with=["saas"])
     with pytest.raises(ValueError, match="unique"):
         generate_columns(None, PROMPT, [Column("a"), Column("a")])  # type: ignore[arg-type]
+
+
+def test_columns_named_parses_the_page_names_in_order() -> None:
+    from saas.generation import columns_named
+
+    v = SteeringVector({3: np.ones(4)}, "saas")
+    cols = columns_named(["prompted+saas", "base", "saas", "prompted"], {"saas": v}, 2.0, SYSTEM)
+    assert [c.name for c in cols] == ["prompted+saas", "base", "saas", "prompted"]
+    assert [(c.vector is v, c.alpha, c.system) for c in cols] == [
+        (True, 2.0, SYSTEM), (False, 0.0, None), (True, 2.0, None), (False, 0.0, SYSTEM)]
+    with pytest.raises(KeyError, match="no column 'caa'"):
+        columns_named(["caa"], {"saas": v}, 1.0, SYSTEM)
+    with pytest.raises(ValueError, match="needs a system prompt"):
+        columns_named(["prompted"], {"saas": v}, 1.0)
